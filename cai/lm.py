@@ -1,0 +1,117 @@
+"""DSPy programs against the served model, many requests in flight at once.
+
+Each request gets its own `dspy.LM` carrying its seed (derived from the record id),
+so results don't depend on scheduling and a resumed step reproduces what an
+uninterrupted one would have written. Records are appended as each request
+finishes, so a kill loses only what was in flight. DSPy's cache is off: its key
+leaves out `api_base`, so a rebuilt adapter under an old name would get stale
+answers (PITFALLS.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Callable
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-table fetch at import
+import dspy  # noqa: E402
+from dspy.utils.exceptions import AdapterParseError  # noqa: E402
+
+from cai.config import Sampling  # noqa: E402
+from cai.store import Records  # noqa: E402
+from programs.adapter import PlainAdapter  # noqa: E402
+
+
+@dataclass
+class Endpoint:
+    """Where a stage's model is served and how to talk to it."""
+
+    api_base: str
+    api_key: str
+    model: str  # served name: stage0 (base) or stageN (adapter)
+    adapter: str = "plain"
+    timeout_s: float = 300.0
+
+    def lm(self, sampling: Sampling, seed: int) -> dspy.LM:
+        return dspy.LM(
+            f"openai/{self.model}", api_base=self.api_base, api_key=self.api_key,
+            temperature=sampling.temperature, max_tokens=sampling.max_tokens, seed=seed,
+            cache=False, num_retries=3, timeout=self.timeout_s,
+        )
+
+    def dspy_adapter(self) -> dspy.Adapter:
+        if self.adapter == "plain":
+            return PlainAdapter()
+        return dspy.ChatAdapter(use_json_adapter_fallback=False)
+
+
+@dataclass
+class Job:
+    id: str
+    inputs: dict
+    meta: dict = field(default_factory=dict)  # copied into the record as it is
+
+
+def request_seed(base_seed: int, rid: str) -> int:
+    """A per-request seed from the run seed and the record id (stable across resumes)."""
+    digest = hashlib.sha256(f"{base_seed}:{rid}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def run_jobs(
+    jobs: list[Job],
+    make_program: Callable[[], dspy.Module],
+    output: str,
+    endpoint: Endpoint,
+    sampling: Sampling,
+    out: Records,
+    concurrency: int,
+    base_seed: int,
+    program_version: str = "",
+) -> dict:
+    """Run `make_program()(**job.inputs)` for every job not yet in `out`; append one record each.
+
+    A reply that does not parse is recorded with ok=False and counted, never raised.
+    Returns counts and tokens for the manifest.
+    """
+    todo = [j for j in jobs if j.id not in out]
+    adapter = endpoint.dspy_adapter()
+
+    def one(job: Job) -> dict:
+        seed = request_seed(base_seed, job.id)
+        lm = endpoint.lm(sampling, seed)
+        rec = {"id": job.id, **job.meta, "model": endpoint.model, "program": program_version, "seed": seed}
+        with dspy.context(lm=lm, adapter=adapter):
+            try:
+                pred = make_program()(**job.inputs)
+                rec.update(ok=True, **{output: getattr(pred, output)})
+            except AdapterParseError as e:
+                rec.update(ok=False, error=f"unparseable: {e.lm_response!r:.200}")
+        last = lm.history[-1] if lm.history else {}
+        usage = last.get("usage") or {}
+        rec["messages"] = last.get("messages")
+        rec["tokens"] = {"prompt": usage.get("prompt_tokens", 0), "completion": usage.get("completion_tokens", 0)}
+        return rec
+
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    try:
+        futures = [pool.submit(one, j) for j in todo]
+        for f in as_completed(futures):
+            out.append(f.result())
+    finally:
+        # On an error or a signal, drop the queued requests instead of running them all
+        # first; in-flight ones end when the server is stopped on the way out.
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    records = [out.get(j.id) for j in jobs]
+    return {
+        "requested": len(jobs),
+        "resumed": len(jobs) - len(todo),
+        "ok": sum(1 for r in records if r and r["ok"]),
+        "unparseable": sum(1 for r in records if r and not r["ok"]),
+        "prompt_tokens": sum(r["tokens"]["prompt"] for r in records if r),
+        "completion_tokens": sum(r["tokens"]["completion"] for r in records if r),
+    }

@@ -1,0 +1,109 @@
+"""Turn a stage's records into preference pairs, each with where it came from.
+
+Two sources:
+- `revision`: the original answer against its constitutional revision. A checkable
+  constraint decides where exactly one side keeps it; otherwise the judge decides,
+  and only where it names the same side in both orders.
+- `best_of_n`: two samples of the same task that the constraint checker separates
+  (one keeps the rule, one breaks it).
+
+Pairs are in TRL's conversational format: `prompt` is the exact messages the
+policy was sent, `chosen`/`rejected` one assistant message each.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from cai.constraints import keeps
+
+
+def judge_preference(ab: dict | None, ba: dict | None) -> str | None:
+    """'revision', 'original', or None (a tie, or a verdict that did not parse).
+
+    `ab` showed the original as A and the revision as B; `ba` the other way round.
+    """
+    if not (ab and ba and ab["ok"] and ba["ok"]):
+        return None
+    first = "revision" if ab["better"] == "B" else "original"
+    second = "revision" if ba["better"] == "A" else "original"
+    return first if first == second else None
+
+
+def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments) -> tuple[list[dict], Counter]:
+    """All pairs of the stage, in task order, and the counts of what was kept or dropped."""
+    counts: Counter = Counter()
+    pairs: list[dict] = []
+    for task in tasks:
+        samples = [r for r in responses if r["task_id"] == task["id"] and r["ok"]]
+        samples.sort(key=lambda r: r["sample"])
+        prompt_text = task["prompt"]
+
+        # best-of-n: the checker separates a keeping sample from a breaking one
+        if task.get("constraint") and len(samples) >= 2:
+            verdicts = [keeps(task["constraint"], prompt_text, s["response"]) for s in samples]
+            keeping = [s for s, ok in zip(samples, verdicts) if ok]
+            breaking = [s for s, ok in zip(samples, verdicts) if not ok]
+            if keeping and breaking:
+                pairs.append(_pair(stage, task, "best_of_n", keeping[0], keeping[0]["response"], breaking[0]["response"],
+                                   decided_by="constraint", constraint_kept={"chosen": True, "rejected": False},
+                                   sides={"chosen": keeping[0]["id"], "rejected": breaking[0]["id"]}))
+                counts["kept_best_of_n"] += 1
+            else:
+                counts["best_of_n_not_separated"] += 1
+
+        # revision against original
+        for rev in (r for r in revisions if r["task_id"] == task["id"]):
+            if not rev["ok"]:
+                counts["dropped_revision_unparseable"] += 1
+                continue
+            original = next(s for s in samples if s["id"] == rev["response_id"])
+            critique = next(c for c in critiques if c["id"] == rev["critique_id"])
+            if rev["revision"].strip() == original["response"].strip():
+                counts["dropped_revision_unchanged"] += 1
+                continue
+            kept_o = keeps(task.get("constraint"), prompt_text, original["response"])
+            kept_r = keeps(task.get("constraint"), prompt_text, rev["revision"])
+            ab = next((j for j in judgments if j["id"] == rev["id"] + "-ab"), None)
+            ba = next((j for j in judgments if j["id"] == rev["id"] + "-ba"), None)
+            verdict = judge_preference(ab, ba)
+            if kept_o is not None and kept_o != kept_r:  # the checker decides
+                winner, decided_by = ("revision" if kept_r else "original"), "constraint"
+            elif verdict is not None:
+                winner, decided_by = verdict, "judge"
+            else:
+                counts["dropped_judge_tie"] += 1
+                continue
+            chosen, rejected = (rev["revision"], original["response"]) if winner == "revision" else (original["response"], rev["revision"])
+            pairs.append(_pair(
+                stage, task, "revision", original, chosen, rejected, decided_by=decided_by,
+                principle_id=rev["principle_id"], critique=critique.get("critique"),
+                judge={"ab": ab and ab.get("better"), "ba": ba and ba.get("better")},
+                constraint_kept=None if kept_o is None else
+                {"chosen": kept_r if winner == "revision" else kept_o, "rejected": kept_o if winner == "revision" else kept_r},
+                sides={"chosen": rev["id"] if winner == "revision" else original["id"],
+                       "rejected": original["id"] if winner == "revision" else rev["id"]},
+                programs={"respond": original.get("program"), "critique": critique.get("program"), "revise": rev.get("program")},
+                models={"original": original["model"], "revision": rev["model"]},
+            ))
+            counts[f"kept_revision_by_{decided_by}"] += 1
+    counts["pairs"] = len(pairs)
+    return pairs, counts
+
+
+def _pair(stage: int, task: dict, source: str, original: dict, chosen: str, rejected: str, **provenance) -> dict:
+    return {
+        "id": f"{task['id']}-{source}",
+        "prompt": original.get("messages") or [{"role": "user", "content": task["prompt"]}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "provenance": {
+            "stage": stage,
+            "task_id": task["id"],
+            "task_source": task["source"],
+            "source": source,
+            "constraint": (task.get("constraint") or {}).get("instruction_id"),
+            "model": original["model"],
+            **provenance,
+        },
+    }

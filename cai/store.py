@@ -1,0 +1,134 @@
+"""The run folder: append-only records, a manifest that is also the done-marker.
+
+Every record has a stable id derived from its inputs, so a resumed step skips what
+it already wrote and nothing is doubled. A line cut short by a kill is dropped when
+the file is next opened. The manifest is replaced atomically; a step is marked done
+in it only after its records are flushed, so a kill at any moment loses at most the
+requests that were in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+STEPS = ("propose", "respond", "critique", "revise", "judge", "pairs", "train", "swap", "evaluate")
+
+
+class Records:
+    """A jsonl file of records keyed by `id`, safe to append from several threads."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.lock = threading.Lock()
+        self.by_id: dict[str, dict] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        raw = self.path.read_bytes()
+        good = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
+        if len(good) != len(raw):  # a kill cut the last line: drop it
+            with open(self.path, "r+b") as f:
+                f.truncate(len(good))
+        for line in good.decode().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                self.by_id[rec["id"]] = rec
+
+    def __contains__(self, rid: str) -> bool:
+        return rid in self.by_id
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(list(self.by_id.values()))
+
+    def get(self, rid: str) -> dict | None:
+        return self.by_id.get(rid)
+
+    def append(self, rec: dict) -> None:
+        line = json.dumps(rec, ensure_ascii=False) + "\n"
+        with self.lock:
+            if rec["id"] in self.by_id:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            self.by_id[rec["id"]] = rec
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Run:
+    """One run folder: `manifest.json` plus a folder per stage."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.manifest_path = self.root / "manifest.json"
+        self.manifest: dict = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+
+    def stage_dir(self, n: int) -> Path:
+        d = self.root / f"stage{n}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def records(self, n: int, name: str) -> Records:
+        return Records(self.stage_dir(n) / f"{name}.jsonl")
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.manifest_path, self.manifest)
+
+    def stage(self, n: int) -> dict:
+        return self.manifest.setdefault("stages", {}).setdefault(f"stage{n}", {"steps": {}})
+
+    def step_done(self, n: int, step: str) -> bool:
+        return self.stage(n)["steps"].get(step, {}).get("status") == "done"
+
+    def mark_done(self, n: int, step: str, seconds: float, **stats) -> None:
+        self.stage(n)["steps"][step] = {"status": "done", "seconds": round(seconds, 2), **stats}
+        self.save()
+
+    def stage_done(self, n: int) -> bool:
+        return self.step_done(n, "evaluate")
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
+    """For derived files (tasks, pairs) that are rebuilt whole from their inputs."""
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,88 @@
+"""A DSPy adapter for models too small to follow DSPy's field-marker formats.
+
+Measured on SmolLM2-135M (shared/DESIGN.md): ChatAdapter parsed 3 of 10 calls and
+JSONAdapter's long system prompt pushed the model off topic, while one plain chat
+message with the instruction and the inputs gave on-topic text. So this adapter:
+
+- a signature with one input field is a chat turn: its instructions become the system
+  message and the input value, bare, the user message (the respond program, whose
+  prompt is exactly what the trained policy later sees);
+- any other signature is one user message: the instructions, then each input field
+  under its label;
+- demos (from an optimizer) are earlier user/assistant turns in the same format;
+- the whole reply is the single output field; a `Literal[...]` field takes the first
+  allowed value the reply names. An empty reply, or no allowed value, is a parse error,
+  which the caller counts.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from typing import Any
+
+import dspy
+from dspy.utils.exceptions import AdapterParseError
+
+
+def _label(name: str) -> str:
+    """`critique_request` -> "Critique request", `response_a` -> "Response A"."""
+    words = name.split("_")
+    return " ".join([words[0].capitalize()] + [w.upper() if len(w) == 1 else w for w in words[1:]])
+
+
+class PlainAdapter(dspy.Adapter):
+    def format(self, signature, demos, inputs) -> list[dict[str, Any]]:
+        messages = []
+        chat_turn = len(signature.input_fields) == 1
+        if chat_turn:
+            messages.append({"role": "system", "content": signature.instructions})
+        for demo in demos:
+            if all(k in demo for k in signature.fields):
+                messages.append({"role": "user", "content": self.user_content(signature, demo, chat_turn)})
+                messages.append({"role": "assistant", "content": str(demo[self.output_name(signature)])})
+        messages.append({"role": "user", "content": self.user_content(signature, inputs, chat_turn)})
+        return messages
+
+    def user_content(self, signature, values: dict, chat_turn: bool) -> str:
+        if chat_turn:
+            (name,) = signature.input_fields
+            return str(values[name])
+        parts = [signature.instructions.strip()]
+        for name in signature.input_fields:
+            parts.append(f"{_label(name)}:\n{values[name]}")
+        return "\n\n".join(parts)
+
+    @staticmethod
+    def output_name(signature) -> str:
+        if len(signature.output_fields) != 1:
+            raise ValueError(f"PlainAdapter needs exactly one output field; {signature.__name__} has {list(signature.output_fields)}")
+        (name,) = signature.output_fields
+        return name
+
+    def format_field_with_value(self, fields_with_values: dict, role: str = "assistant") -> str:
+        """What a reply with these output values looks like: the bare values (DummyLM uses this)."""
+        return "\n\n".join(str(v) for v in fields_with_values.values())
+
+    def parse(self, signature, completion: str) -> dict[str, Any]:
+        name = self.output_name(signature)
+        text = (completion or "").strip()
+        if not text:
+            raise AdapterParseError(type(self).__name__, signature, completion, "empty reply")
+        annotation = signature.output_fields[name].annotation
+        if typing.get_origin(annotation) is typing.Literal:
+            choice = first_choice(text, [str(c) for c in typing.get_args(annotation)])
+            if choice is None:
+                raise AdapterParseError(type(self).__name__, signature, completion, "no allowed value in the reply")
+            return {name: choice}
+        return {name: text}
+
+
+def first_choice(text: str, choices: list[str]) -> str | None:
+    """The allowed value named first in `text`, as a whole word (`A`, `Response B`, ...)."""
+    found = []
+    for choice in choices:
+        m = re.search(rf"(?<![A-Za-z0-9]){re.escape(choice)}(?![A-Za-z0-9])", text)
+        if m:
+            found.append((m.start(), choice))
+    return min(found)[1] if found else None

@@ -1,0 +1,94 @@
+"""Config validation: good files load, bad ones give one line naming file and field."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cai.config import ConfigError, check_together, load_constitution, load_curriculum, resolve_stage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, name, data) -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def shipped(name):
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def test_shipped_files_load_and_fit_together():
+    con, con_sha = load_constitution(ROOT / "constitution.yaml")
+    cur, cur_sha = load_curriculum(ROOT / "curriculum.yaml")
+    check_together(con, cur, ROOT / "constitution.yaml")
+    assert len(cur.stages) == 6 and len(con_sha) == 64 != len(cur_sha) - 1
+    assert all(len(s.seeds) >= 10 for s in cur.stages)
+
+
+def test_stage_settings_merge_defaults_profile_stage(tmp_path):
+    data = shipped("curriculum.yaml")
+    data["stages"][2]["counts"] = {"samples": 5}
+    cur, _ = load_curriculum(write(tmp_path, "c.yaml", data))
+    quick = cur.profiles["quick"]
+    st3, st1 = resolve_stage(cur, quick, 3), resolve_stage(cur, quick, 1)
+    assert st3.counts.samples == 5 and st1.counts.samples == data["defaults"]["counts"]["samples"]
+    assert st3.counts.proposed == st1.counts.proposed  # untouched fields keep the profile/default value
+    assert st1.train.learning_rate == quick.train.learning_rate != data["defaults"]["train"]["learning_rate"]
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d["stages"][0].update(sedes=["x"]), "stages.0.sedes: Extra inputs are not permitted"),
+    (lambda d: d["stages"][1].update(seeds=[]), "stages.1.seeds: List should have at least 1 item"),
+    (lambda d: d["defaults"]["counts"].update(samples="many"), "defaults.counts.samples"),
+    (lambda d: d["stages"].reverse(), "stages must be, in order"),
+    (lambda d: d["defaults"]["train"].update(method="ppo"), "defaults.train.method"),
+    (lambda d: d.pop("profiles"), "profiles: Field required"),
+])
+def test_bad_curriculum_names_the_field(tmp_path, mutate, expected):
+    data = shipped("curriculum.yaml")
+    mutate(data)
+    path = write(tmp_path, "curriculum.yaml", data)
+    with pytest.raises(ConfigError) as e:
+        load_curriculum(path)
+    assert str(path) in str(e.value) and expected in str(e.value)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda d: d["principles"].append(dict(d["principles"][0])), "duplicate principle id 'follow-the-instruction'"),
+    (lambda d: d["principles"][0].update(stages=[7]), "stage 7 is out of range"),
+    (lambda d: d["principles"][0].update(stages=[]), "principles.0.stages"),
+    (lambda d: d["principles"][0].update(category="nice"), "principles.0.category"),
+    (lambda d: d["principles"][0].pop("revision"), "principles.0.revision: Field required"),
+])
+def test_bad_constitution_names_the_field(tmp_path, mutate, expected):
+    data = shipped("constitution.yaml")
+    mutate(data)
+    path = write(tmp_path, "constitution.yaml", data)
+    with pytest.raises(ConfigError) as e:
+        load_constitution(path)
+    assert expected in str(e.value)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "constitution.yaml", "principles:\n  - id: a\n    stages: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"constitution.yaml: line \d+ is not valid YAML"):
+        load_constitution(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_curriculum(tmp_path / "nope.yaml")
+
+
+def test_a_stage_without_principles_is_refused(tmp_path):
+    data = shipped("constitution.yaml")
+    for p in data["principles"]:
+        p["stages"] = [s for s in p["stages"] if s != 4] or [1]
+    path = write(tmp_path, "constitution.yaml", data)
+    con, _ = load_constitution(path)
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    with pytest.raises(ConfigError, match="no principle lists stage 4"):
+        check_together(con, cur, path)

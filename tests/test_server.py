@@ -1,0 +1,47 @@
+"""The real vLLM server on the embedded model: start, hot-load an adapter, answer, stop."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from cai.config import TrainSettings
+from cai.model import EMBEDDED, resolve_model
+from cai.serve import ServerError, ServeSettings, VLLMServer, command_line
+from cai.train import init_adapter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_command_line_is_loopback_keyed_and_lora_enabled():
+    cmd = command_line(ServeSettings(model="m", max_lora_rank=8), 8011, "k3y")
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--api-key") + 1] == "k3y"
+    assert "--enable-lora" in cmd and cmd[cmd.index("--max-lora-rank") + 1] == "8"
+    assert "--trust-remote-code" not in cmd
+
+
+def test_port_in_use_is_refused_before_starting(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        server = VLLMServer(ServeSettings(model="unused", port=port), tmp_path / "log", tmp_path / "pid")
+        with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is in use"):
+            server.start()
+        assert server.process is None
+
+
+def test_serve_and_hot_load_an_adapter(tmp_path):
+    model = resolve_model(EMBEDDED, ROOT / "models")
+    adapter = init_adapter(model, tmp_path / "adapter", TrainSettings(lora_r=8))
+    server = VLLMServer(ServeSettings(model=model, dtype="float32", max_lora_rank=8), tmp_path / "server.log", tmp_path / "server.pid")
+    with server:
+        assert server.models() == ["stage0"]
+        server.load_adapter("stage1", adapter)
+        assert "stage1" in server.models()
+        assert server.complete("stage1", "Name a colour.", max_tokens=8).strip()
+        with pytest.raises(ServerError, match="swap: loading adapter stage2"):
+            server.load_adapter("stage2", tmp_path / "no-such-adapter")
+        process = server.process
+    assert process.poll() is not None  # stopped, no orphan
+    assert not (tmp_path / "server.pid").exists()

@@ -1,0 +1,35 @@
+"""The run store: records append once, survive a torn last line, and resume by id."""
+
+import json
+
+from cai.store import Records, Run
+
+
+def test_records_append_and_reload(tmp_path):
+    path = tmp_path / "r.jsonl"
+    recs = Records(path)
+    recs.append({"id": "a", "x": 1})
+    recs.append({"id": "b", "x": 2})
+    recs.append({"id": "a", "x": 99})  # an id already written is not written again
+    again = Records(path)
+    assert [r["id"] for r in again] == ["a", "b"] and again.get("a")["x"] == 1
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_torn_last_line_is_dropped_and_the_file_repaired(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"id": "a"}) + "\n" + '{"id": "b", "x": ')
+    recs = Records(path)
+    assert list(recs.by_id) == ["a"]
+    recs.append({"id": "b", "x": 2})
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b"]
+
+
+def test_manifest_marks_steps_done(tmp_path):
+    run = Run(tmp_path / "run")
+    run.manifest = {"config": {}}
+    assert not run.step_done(1, "propose")
+    run.mark_done(1, "propose", 1.5, ok=3)
+    reopened = Run(tmp_path / "run")
+    assert reopened.step_done(1, "propose") and not reopened.stage_done(1)
+    assert reopened.stage(1)["steps"]["propose"] == {"status": "done", "seconds": 1.5, "ok": 3}
