@@ -60,7 +60,7 @@ class Context:
     server: VLLMServer
     constitution: Constitution
     model: str
-    adapter: str  # plain | chat
+    adapter: str  # the DSPy adapter: plain (small models) | chat
     concurrency: int
     timeout_s: float
     seed: int
@@ -103,6 +103,9 @@ def propose(ctx: Context, st: StageConfig, policy: str) -> dict:
             continue
         pool.append(request)
         tasks.append({"id": job.id.replace("-p", "-gen"), "source": "generated", "request": request, "proposal_id": job.id})
+    if not tasks:
+        raise StageError(f"stage{n}: propose: no task (seeds_used={st.counts.seeds_used}; of {len(jobs)} proposals "
+                         f"{unusable} unusable, {duplicates} near-duplicates); see {records.path}")
     for task in tasks:
         task["stage"] = n
         task["constraint"] = constraints.draw(random.Random(f"{ctx.seed}-{task['id']}")) if st.constraints else None
@@ -165,20 +168,30 @@ def revise(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dic
 
 
 def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
-    """Original against revision, once in each order, to cancel position bias."""
+    """Original against revision, once in each order, to cancel position bias.
+
+    Where the task's checker already separates the two, its verdict wins anyway
+    (cai/pairs.py), so the judge is not asked: on the CPU these long prompts are the
+    slowest requests of the stage.
+    """
     responses, revisions = ctx.run.records(st.number, "responses"), ctx.run.records(st.number, "revisions")
     principles = {p.id: p for p in ctx.constitution.principles}
-    prompts = {t["id"]: t["prompt"] for t in tasks}
-    jobs = []
+    by_task = {t["id"]: t for t in tasks}
+    jobs, checker_decides = [], 0
     for v in revisions:
         if not v["ok"]:
             continue
-        original = responses.get(v["response_id"])["response"]
-        common = {"request": prompts[v["task_id"]], "principle": principles[v["principle_id"]].revision}
+        task, original = by_task[v["task_id"]], responses.get(v["response_id"])["response"]
+        kept = {constraints.keeps(task["constraint"], task["prompt"], text) for text in (original, v["revision"])}
+        if None not in kept and len(kept) == 2:
+            checker_decides += 1
+            continue
+        common = {"request": task["prompt"], "principle": principles[v["principle_id"]].revision}
         jobs.append(Job(f"{v['id']}-ab", {**common, "response_a": original, "response_b": v["revision"]}, {"revision_id": v["id"]}))
         jobs.append(Job(f"{v['id']}-ba", {**common, "response_a": v["revision"], "response_b": original}, {"revision_id": v["id"]}))
-    return run_jobs(jobs, Judge, "better", ctx.endpoint(policy), st.generation.judge,
-                    ctx.run.records(st.number, "judgments"), ctx.concurrency, ctx.seed, f"stage{st.number}/judge")
+    stats = run_jobs(jobs, Judge, "better", ctx.endpoint(policy), st.generation.judge,
+                     ctx.run.records(st.number, "judgments"), ctx.concurrency, ctx.seed, f"stage{st.number}/judge")
+    return {**stats, "skipped_checker_decides": checker_decides}
 
 
 def make_pairs(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
@@ -317,51 +330,55 @@ def open_run(folder: Path, config: dict, snapshot: dict) -> Run:
     return run
 
 
+def bootstrap(args: argparse.Namespace) -> int:
+    """Check the config, open (or resume) the run, serve the model, run the stages."""
+    constitution, constitution_sha = load_constitution(args.constitution)
+    curriculum, curriculum_sha = load_curriculum(args.curriculum)
+    check_together(constitution, curriculum, args.constitution)
+    profile_name = args.profile or default_profile()
+    if profile_name not in curriculum.profiles:
+        raise ConfigError(f"--profile: {profile_name!r} is not in {args.curriculum} (profiles: {', '.join(curriculum.profiles)})")
+    profile = curriculum.profiles[profile_name]
+    seed = curriculum.seed if args.seed is None else args.seed  # the one place the seed is chosen
+    first, last = (stage_number(args.only, "--only"),) * 2 if args.only else (1, stage_number(args.until or "stage6", "--until"))
+    stages = {n: resolve_stage(curriculum, profile, n) for n in range(1, 7)}
+
+    folder = run_folder(args.run, profile_name)
+    if first > 1 and not Run(folder).stage_done(first - 1):
+        raise ConfigError(f"--only stage{first}: stage{first - 1} of {folder} is not done; run --until stage{first - 1} first")
+    config = {"constitution_sha256": constitution_sha, "curriculum_sha256": curriculum_sha,
+              "profile": profile_name, "seed": seed, "model": profile.model}
+    run = open_run(folder, config, {"constitution": constitution.model_dump(), "curriculum": curriculum.model_dump()})
+    if run.step_done(0, "evaluate") and all(run.stage_done(n) for n in range(first, last + 1)):
+        print(f"nothing to do: stages {first}..{last} of {run.root} are done", flush=True)
+        return 0
+
+    model = resolve_model(profile.model, ROOT / "models")
+    settings = ServeSettings(model=model, seed=seed, trust_remote_code=profile.trust_remote_code,
+                             max_lora_rank=max(st.train.lora_r for st in stages.values()), **profile.serve.model_dump())
+    print(f"run {run.root}  profile={profile_name} model={profile.model} seed={seed} stages {first}..{last}", flush=True)
+    with VLLMServer(settings, run.root / "server.log", run.root / "server.pid") as server:
+        ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency,
+                      profile.request_timeout_s, seed, profile.trust_remote_code)
+        step(ctx, 0, "evaluate", lambda: evaluate(ctx, stages[1], BASE_NAME))
+        policy = BASE_NAME
+        for n in range(1, last + 1):
+            if n < first or run.stage_done(n):  # done before: its adapter is the policy to continue
+                policy = f"stage{n}" if run.stage(n).get("promoted") else policy
+                continue
+            for name in {policy, f"stage{n}" if run.stage(n).get("promoted") else BASE_NAME} - {BASE_NAME}:
+                server.load_adapter(name, run.root / name / "adapter")  # adapters don't survive a restart
+            policy = run_stage(ctx, stages[n], policy)
+    print(f"done: {run.root}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the server is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        constitution, constitution_sha = load_constitution(args.constitution)
-        curriculum, curriculum_sha = load_curriculum(args.curriculum)
-        check_together(constitution, curriculum, args.constitution)
-        profile_name = args.profile or default_profile()
-        if profile_name not in curriculum.profiles:
-            raise ConfigError(f"--profile: {profile_name!r} is not in {args.curriculum} (profiles: {', '.join(curriculum.profiles)})")
-        profile = curriculum.profiles[profile_name]
-        seed = curriculum.seed if args.seed is None else args.seed  # the one place the seed is chosen
-        if args.only:
-            first = last = stage_number(args.only, "--only")
-        else:
-            first, last = 1, stage_number(args.until or "stage6", "--until")
-        config = {"constitution_sha256": constitution_sha, "curriculum_sha256": curriculum_sha,
-                  "profile": profile_name, "seed": seed, "model": profile.model}
-        snapshot = {"constitution": constitution.model_dump(), "curriculum": curriculum.model_dump()}
-        run = open_run(run_folder(args.run, profile_name), config, snapshot)
-        if first > 1 and not run.stage_done(first - 1):
-            raise ConfigError(f"--only stage{first}: stage{first - 1} of {run.root} is not done; run --until stage{first - 1} first")
-        if run.step_done(0, "evaluate") and all(run.stage_done(n) for n in range(first, last + 1)):
-            print(f"nothing to do: stages {first}..{last} of {run.root} are done", flush=True)
-            return 0
-        model = resolve_model(profile.model, ROOT / "models")
-        settings = ServeSettings(model=model, seed=seed, trust_remote_code=profile.trust_remote_code,
-                                 max_lora_rank=max(resolve_stage(curriculum, profile, n).train.lora_r for n in range(1, 7)),
-                                 **profile.serve.model_dump(exclude={"extra_args"}), extra_args=profile.serve.extra_args)
-        print(f"run {run.root}  profile={profile_name} model={profile.model} seed={seed} stages {first}..{last}", flush=True)
-        with VLLMServer(settings, run.root / "server.log", run.root / "server.pid") as server:
-            ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency,
-                          profile.request_timeout_s, seed, profile.trust_remote_code)
-            step(ctx, 0, "evaluate", lambda: evaluate(ctx, resolve_stage(curriculum, profile, 1), BASE_NAME))
-            policy = BASE_NAME
-            for n in range(1, last + 1):
-                if n < first or run.stage_done(n):  # done before: its adapter is the policy to continue
-                    policy = f"stage{n}" if run.stage(n).get("promoted") else policy
-                    continue
-                for name in {policy, f"stage{n}" if run.stage(n).get("promoted") else BASE_NAME} - {BASE_NAME}:
-                    server.load_adapter(name, run.root / name / "adapter")  # adapters don't survive a restart
-                policy = run_stage(ctx, resolve_stage(curriculum, profile, n), policy)
-        print(f"done: {run.root}", flush=True)
-        return 0
+        return bootstrap(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

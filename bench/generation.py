@@ -2,7 +2,7 @@
 
     python bench/generation.py [--requests 32] [--concurrency 16] [--max-tokens 128]
 
-One server (the embedded default model), one set of prompts (seed tasks of the
+One server (the embedded default model, served as the quick profile says), one set of prompts (seed tasks of the
 curriculum). First the prompts go straight to `/v1/chat/completions` from a thread
 pool (the raw engine); then through `run_jobs` with the respond program, a fresh
 `dspy.LM` per request and a record appended per answer (our pipeline). Both use the
@@ -29,7 +29,6 @@ from cai.lm import Endpoint, Job, request_seed, run_jobs  # noqa: E402
 from cai.model import EMBEDDED, resolve_model  # noqa: E402
 from cai.serve import BASE_NAME, ServeSettings, VLLMServer  # noqa: E402
 from cai.store import Records  # noqa: E402
-from programs.adapter import PlainAdapter  # noqa: E402
 from programs.respond import Respond, Responder  # noqa: E402
 
 
@@ -72,10 +71,10 @@ def main() -> None:
     prompts = [seeds[i % len(seeds)] for i in range(args.requests)]
     sampling = Sampling(temperature=0.8, max_tokens=args.max_tokens)
     model = resolve_model(EMBEDDED, ROOT / "models")
+    serve = ServeSettings(model=model, **cur.profiles["quick"].serve.model_dump())
     with tempfile.TemporaryDirectory() as tmp:
-        with VLLMServer(ServeSettings(model=model), Path(tmp) / "server.log", Path(tmp) / "server.pid") as server:
+        with VLLMServer(serve, Path(tmp) / "server.log", Path(tmp) / "server.pid") as server:
             raw(server, prompts[:4], sampling, args.concurrency, "warm")  # warm-up, not timed
-            assert isinstance(PlainAdapter().format(Respond, [], {"request": "x"}), list)
             raw_tokens, raw_s = raw(server, prompts, sampling, args.concurrency, "raw")
             our_tokens, our_s = ours(server, prompts, sampling, args.concurrency, "raw")
     raw_rate, our_rate = raw_tokens / raw_s, our_tokens / our_s

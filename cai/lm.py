@@ -11,18 +11,16 @@ answers (PITFALLS.md).
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-table fetch at import
-import dspy  # noqa: E402
-from dspy.utils.exceptions import AdapterParseError  # noqa: E402
+import dspy
+from dspy.utils.exceptions import AdapterParseError
 
-from cai.config import Sampling  # noqa: E402
-from cai.store import Records  # noqa: E402
-from programs.adapter import PlainAdapter  # noqa: E402
+from cai.config import Sampling
+from cai.store import Records
+from programs.adapter import PlainAdapter
 
 
 @dataclass

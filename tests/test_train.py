@@ -1,0 +1,31 @@
+"""Training on the embedded model: ORPO selectable, pairs that don't fit dropped."""
+
+from pathlib import Path
+
+from cai.config import TrainSettings
+from cai.model import EMBEDDED, resolve_model
+from cai.train import fitting_pairs, train_adapter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pair(i, chosen="Blue is calm", rejected="Blue, green, and red"):
+    return {"prompt": [{"role": "user", "content": f"Name a colour ({i}). Use no commas."}],
+            "chosen": [{"role": "assistant", "content": chosen}], "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+def test_pairs_that_do_not_fit_or_have_an_empty_side_are_dropped():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(EMBEDDED, ROOT / "models"))
+    pairs = [pair(0), pair(1, rejected=" "), pair(2, chosen="word " * 400)]
+    assert [p["prompt"][0]["content"] for p in fitting_pairs(pairs, tokenizer, 128)] == ["Name a colour (0). Use no commas."]
+
+
+def test_orpo_trains_and_saves_an_adapter(tmp_path):
+    model = resolve_model(EMBEDDED, ROOT / "models")
+    stats = train_adapter(model, None, [pair(i) for i in range(2)], tmp_path / "adapter",
+                          TrainSettings(method="orpo", batch_size=2, max_length=128), seed=0)
+    assert stats["steps"] == 1 and stats["trainable_params"] > 0
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert not (tmp_path / "adapter" / "ref").exists()
