@@ -32,7 +32,7 @@ from cai.config import (
     ConfigError, Constitution, StageConfig, check_together, load_constitution, load_curriculum, resolve_stage,
 )
 from cai.evaluate import instruction_following
-from cai.lm import Endpoint, Job, run_jobs
+from cai.lm import Endpoint, Job, RequestFailed, run_jobs
 from cai.model import ModelError, resolve_model
 from cai.pairs import build_pairs
 from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (ModelError, ServerError, TrainingError, StageError) as e:
+    except (ModelError, ServerError, RequestFailed, TrainingError, StageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

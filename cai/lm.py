@@ -16,11 +16,15 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import dspy
-from dspy.utils.exceptions import AdapterParseError
+from dspy.utils.exceptions import AdapterParseError, LMInvalidRequestError
 
 from cai.config import Sampling
 from cai.store import Records
 from programs.adapter import PlainAdapter
+
+
+class RequestFailed(RuntimeError):
+    """A request failed for a reason other than its own content: the server is down or hung."""
 
 
 @dataclass
@@ -72,8 +76,9 @@ def run_jobs(
 ) -> dict:
     """Run `make_program()(**job.inputs)` for every job not yet in `out`; append one record each.
 
-    A reply that does not parse is recorded with ok=False and counted, never raised.
-    Returns counts and tokens for the manifest.
+    A reply that does not parse, or a request the server refuses (too long for the
+    context), is recorded with ok=False and counted, never raised; a server that is
+    down raises RequestFailed. Returns counts and tokens for the manifest.
     """
     todo = [j for j in jobs if j.id not in out]
     adapter = endpoint.dspy_adapter()
@@ -88,6 +93,10 @@ def run_jobs(
                 rec.update(ok=True, **{output: getattr(pred, output)})
             except AdapterParseError as e:
                 rec.update(ok=False, error=f"unparseable: {e.lm_response!r:.200}")
+            except LMInvalidRequestError as e:  # this one request was refused (e.g. longer than the context)
+                rec.update(ok=False, error=f"rejected: {str(e)[:200]}")
+            except Exception as e:  # the server is down, hung or refuses us: not a record to keep
+                raise RequestFailed(f"{program_version or 'request'} {job.id}: {type(e).__name__}: {e}"[:500]) from e
         last = lm.history[-1] if lm.history else {}
         usage = last.get("usage") or {}
         rec["messages"] = last.get("messages")
@@ -109,7 +118,8 @@ def run_jobs(
         "requested": len(jobs),
         "resumed": len(jobs) - len(todo),
         "ok": sum(1 for r in records if r and r["ok"]),
-        "unparseable": sum(1 for r in records if r and not r["ok"]),
+        "unparseable": sum(1 for r in records if r and not r["ok"] and r["error"].startswith("unparseable")),
+        "rejected": sum(1 for r in records if r and not r["ok"] and r["error"].startswith("rejected")),
         "prompt_tokens": sum(r["tokens"]["prompt"] for r in records if r),
         "completion_tokens": sum(r["tokens"]["completion"] for r in records if r),
     }

@@ -1,10 +1,12 @@
 """Concurrent program calls with a scripted LM: one record each, resumable, parse failures counted."""
 
 import dspy
+import pytest
 from dspy.utils.dummies import DummyLM
+from dspy.utils.exceptions import LMInvalidRequestError
 
 from cai.config import Sampling
-from cai.lm import Endpoint, Job, request_seed, run_jobs
+from cai.lm import Endpoint, Job, RequestFailed, request_seed, run_jobs
 from cai.store import Records
 from programs.adapter import PlainAdapter
 from programs.judge import Judge
@@ -52,3 +54,32 @@ def test_unparseable_replies_are_counted_not_raised(tmp_path):
     assert stats["ok"] == 1 and stats["unparseable"] == 1
     bad = Records(tmp_path / "j.jsonl").get("j1")
     assert bad["ok"] is False and "unparseable" in bad["error"]
+
+
+class Refusing(ScriptedEndpoint):
+    """The server answers 400 to one request and is unreachable for another."""
+
+    def lm(self, sampling, seed):
+        lm = super().lm(sampling, seed)
+
+        def forward(prompt=None, messages=None, **kwargs):
+            text = messages[-1]["content"]
+            if "too long" in text:
+                raise LMInvalidRequestError("maximum context length is 2048 tokens")
+            if "server down" in text:
+                raise ConnectionError("connection refused")
+            return DummyLM.forward(lm, prompt=prompt, messages=messages, **kwargs)
+
+        lm.forward = forward
+        return lm
+
+
+def test_a_refused_request_is_counted_and_a_dead_server_stops_the_step(tmp_path):
+    endpoint = Refusing({"question": "fine"})
+    out = Records(tmp_path / "r.jsonl")
+    ok_and_long = [Job("a", {"request": "question a"}), Job("b", {"request": "question too long"})]
+    stats = run_jobs(ok_and_long, Responder, "response", endpoint, Sampling(), out, 2, 0)
+    assert stats["ok"] == 1 and out.get("b")["ok"] is False and out.get("b")["error"].startswith("rejected:")
+    with pytest.raises(RequestFailed, match="c: "):
+        run_jobs([Job("c", {"request": "question server down"})], Responder, "response", endpoint, Sampling(), out, 1, 0)
+    assert "c" not in Records(tmp_path / "r.jsonl")
