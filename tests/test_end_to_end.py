@@ -5,6 +5,7 @@ wheel): the smallest real model at hand, so its output parses with no special fi
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,13 +35,32 @@ def bootstrap(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "bootstrap.py"), *args], capture_output=True, text=True, timeout=1800)
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+
+
 @pytest.fixture(scope="module")
 def two_stages(tmp_path_factory):
+    """Start the run, kill -9 it in the middle of stage 1, run the same command again."""
     tmp = tmp_path_factory.mktemp("e2e")
-    args = ["--until", "stage2", "--run", str(tmp / "run"), "--curriculum", str(tiny_curriculum(tmp)), "--profile", "quick"]
+    run = tmp / "run"
+    args = ["--until", "stage2", "--run", str(run), "--curriculum", str(tiny_curriculum(tmp)), "--profile", "quick"]
+    with open(tmp / "first.err", "w") as err:
+        first = subprocess.Popen([sys.executable, str(ROOT / "bootstrap.py"), *args], stdout=subprocess.PIPE, stderr=err, text=True)
+        for line in first.stdout:
+            if line.startswith("stage1 critique: done"):
+                break
+        server_pid = json.loads((run / "server.pid").read_text())["pid"]
+        first.kill()
+        first.wait()
     result = bootstrap(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-    return tmp / "run", args
+    assert not alive(server_pid)  # the killed run's server did not outlive it
+    return run, args
 
 
 def test_every_step_of_both_stages_is_done(two_stages):
@@ -67,6 +87,16 @@ def test_pairs_train_an_adapter_that_the_next_stage_uses(two_stages):
     manifest = json.loads((run / "manifest.json").read_text())
     # stage 2 continues stage 1's adapter with it as the reference: the first DPO loss is log(2)
     assert abs(manifest["stages"]["stage2"]["steps"]["train"]["loss_first"] - 0.6931) < 1e-3
+
+
+def test_the_resumed_run_doubled_nothing(two_stages):
+    run, _ = two_stages
+    for path in run.rglob("*.jsonl"):
+        ids = [r["id"] for r in read_jsonl(path)]
+        assert len(ids) == len(set(ids)), path
+    steps = json.loads((run / "manifest.json").read_text())["stages"]["stage1"]["steps"]
+    for step, name in {"respond": "responses", "critique": "critiques", "revise": "revisions"}.items():
+        assert len(read_jsonl(run / "stage1" / f"{name}.jsonl")) == steps[step]["requested"]  # each record once
 
 
 def test_rerun_resumes_and_redoes_nothing(two_stages):
