@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-STEPS = ("propose", "respond", "critique", "revise", "judge", "pairs", "train", "swap", "evaluate")
-
 
 class Records:
     """A jsonl file of records keyed by `id`, safe to append from several threads."""
