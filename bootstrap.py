@@ -34,7 +34,7 @@ from cai.config import (
 from cai.evaluate import instruction_following
 from cai.lm import Endpoint, Job, RequestFailed, run_jobs
 from cai.model import ModelError, resolve_model
-from cai.pairs import build_pairs
+from cai.pairs import build_pairs, checker_verdict
 from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer
 from cai.store import Run, Timer, read_jsonl, write_json_atomic, write_jsonl_atomic
 from cai.train import TrainingError, train_adapter
@@ -182,8 +182,7 @@ def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict
         if not v["ok"]:
             continue
         task, original = by_task[v["task_id"]], responses.get(v["response_id"])["response"]
-        kept = {constraints.keeps(task["constraint"], task["prompt"], text) for text in (original, v["revision"])}
-        if None not in kept and len(kept) == 2:
+        if checker_verdict(task, original, v["revision"]) is not None:
             checker_decides += 1
             continue
         common = {"request": task["prompt"], "principle": principles[v["principle_id"]].revision}

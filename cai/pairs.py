@@ -30,6 +30,19 @@ def judge_preference(ab: dict | None, ba: dict | None) -> str | None:
     return first if first == second else None
 
 
+def checker_verdict(task: dict, original: str, revision: str) -> str | None:
+    """'revision' or 'original' where the task's checker keeps exactly one of them, else None.
+
+    The checker overrides the judge wherever it decides, so the judge step asks only
+    where this is None.
+    """
+    kept_o = keeps(task.get("constraint"), task["prompt"], original)
+    kept_r = keeps(task.get("constraint"), task["prompt"], revision)
+    if kept_o is None or kept_o == kept_r:
+        return None
+    return "revision" if kept_r else "original"
+
+
 def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments) -> tuple[list[dict], Counter]:
     """All pairs of the stage, in task order, and the counts of what was kept or dropped."""
     counts: Counter = Counter()
@@ -67,14 +80,13 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments) -
             if rev["revision"].strip() == original["response"].strip():
                 counts["dropped_revision_unchanged"] += 1
                 continue
-            kept_o = keeps(task.get("constraint"), prompt_text, original["response"])
-            kept_r = keeps(task.get("constraint"), prompt_text, rev["revision"])
             ab, ba = by_id.get(rev["id"] + "-ab"), by_id.get(rev["id"] + "-ba")
-            verdict = judge_preference(ab, ba)
-            if kept_o is not None and kept_o != kept_r:  # the checker decides
-                winner, decided_by = ("revision" if kept_r else "original"), "constraint"
-            elif verdict is not None:
-                winner, decided_by = verdict, "judge"
+            by_checker, by_judge = checker_verdict(task, original["response"], rev["revision"]), judge_preference(ab, ba)
+            kept_o = keeps(task.get("constraint"), prompt_text, original["response"])
+            if by_checker is not None:
+                winner, decided_by = by_checker, "constraint"
+            elif by_judge is not None:
+                winner, decided_by = by_judge, "judge"
             else:
                 counts["dropped_judge_tie"] += 1
                 continue
@@ -84,7 +96,7 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments) -
                 principle_id=rev["principle_id"], critique=critique.get("critique"),
                 judge={"ab": ab and ab.get("better"), "ba": ba and ba.get("better")},
                 constraint_kept=None if kept_o is None else
-                {"chosen": kept_r if winner == "revision" else kept_o, "rejected": kept_o if winner == "revision" else kept_r},
+                {"chosen": True, "rejected": False} if by_checker else {"chosen": kept_o, "rejected": kept_o},
                 sides={"chosen": rev["id"] if winner == "revision" else original["id"],
                        "rejected": original["id"] if winner == "revision" else rev["id"]},
                 programs={"respond": original.get("program"), "critique": critique.get("program"), "revise": rev.get("program")},
