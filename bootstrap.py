@@ -2,6 +2,7 @@
 
     python bootstrap.py --until stage6              # all six stages; re-run to resume
     python bootstrap.py --only stage3 --run quick   # one stage (the ones before it done)
+    python bootstrap.py export --run quick          # the pairs as a dataset, with dataset and model cards
     python bootstrap.py --help
 
 For each stage of curriculum.yaml, the current model (served by vLLM as `stage{N-1}`):
@@ -10,7 +11,9 @@ For each stage of curriculum.yaml, the current model (served by vLLM as `stage{N
   critique  critiques its first answer against a principle of constitution.yaml
   revise    rewrites the answer to fix what the critique found
   judge     compares original and revision, in both orders
-  pairs     keeps (prompt, chosen, rejected) where a checker or a consistent judge decides
+  guard     Llama Guard 3's verdict on every prompt and answer (or the model's own, or off)
+  pairs     keeps (prompt, chosen, rejected) where a checker or a sure, consistent judge
+            decides and the guard found nothing unsafe
   train     DPO (or ORPO) with LoRA, continuing the previous stage's adapter
   swap      loads the new adapter into the running server as `stage{N}`
   evaluate  runs the held-out suites against `stage{N}`
@@ -24,19 +27,22 @@ import importlib.metadata
 import random
 import signal
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from cai import constraints
+import programs
+from cai import constraints, guard, release
 from cai.config import (
-    ConfigError, Constitution, StageConfig, check_together, load_constitution, load_curriculum, resolve_stage,
+    ConfigError, Constitution, GuardSettings, StageConfig, check_together, load_constitution, load_curriculum, resolve_stage,
 )
 from cai.evaluate import instruction_following
-from cai.lm import Endpoint, Job, RequestFailed, run_jobs
+from cai.lm import Endpoint, Job, RequestFailed, program_call, run_jobs
 from cai.model import ModelError, resolve_model
 from cai.pairs import build_pairs, checker_verdict
 from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer
 from cai.store import Run, Timer, read_jsonl, write_json_atomic, write_jsonl_atomic
+from cai.tasks import Novelty, proposer_examples
 from cai.train import TrainingError, train_adapter
 from programs.critique import Critic
 from programs.judge import Judge
@@ -65,62 +71,73 @@ class Context:
     timeout_s: float
     seed: int
     trust_remote_code: bool
+    guard: GuardSettings = GuardSettings()
 
     def endpoint(self, served_name: str) -> Endpoint:
         return Endpoint(self.server.api_base, self.server.api_key, served_name, self.adapter, self.timeout_s)
+
+    def call(self, make_program, output: str, served_name: str, sampling):
+        """A `run_jobs` call: `make_program()` against `served_name`, its `output` field kept."""
+        return program_call(make_program, output, self.endpoint(served_name), sampling)
 
 
 # --- the stage, step by step --------------------------------------------------------
 
 
 def propose(ctx: Context, st: StageConfig, policy: str) -> dict:
-    """Self-instruct: seed tasks plus new ones the model writes, near-duplicates dropped."""
-    from rouge_score import rouge_scorer
+    """Self-instruct: seed tasks plus new ones the model writes, near-duplicates dropped.
 
-    n, records = st.number, ctx.run.records(st.number, "proposals")
-    rng = random.Random(f"{ctx.seed}-stage{n}-propose")
-    seeds = rng.sample(st.seeds, min(st.counts.seeds_used, len(st.seeds)))
-    jobs = []
-    for i in range(st.counts.proposed):
-        shown = rng.sample(st.seeds, min(st.counts.examples_shown, len(st.seeds)))
-        examples = "\n".join(f"{k + 1}. {s}" for k, s in enumerate(shown))
-        jobs.append(Job(f"s{n}-p{i:04d}", {"kind": st.description, "examples": examples}))
-    stats = run_jobs(jobs, Propose, "request", ctx.endpoint(policy), st.generation.propose, records,
-                     ctx.concurrency, ctx.seed, program_version=f"stage{n}/propose")
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    pool = list(st.seeds) + [t["request"] for m in range(1, n) for t in _read(ctx.run, m, "tasks")]
+    Proposals come in rounds; a later round's prompts show some tasks kept in earlier
+    rounds beside the seeds, so the pool grows from the model's own writing.
+    """
+    n, records, c = st.number, ctx.run.records(st.number, "proposals"), st.counts
+    seeds = random.Random(f"{ctx.seed}-stage{n}-seeds").sample(st.seeds, min(c.seeds_used, len(st.seeds)))
+    earlier = [t["request"] for m in range(1, n) for t in _read(ctx.run, m, "tasks")]
+    novelty = Novelty(list(st.seeds) + earlier, st.dedupe_threshold)
+    program = programs.version(Propose, f"stage{n}/propose")
     tasks = [{"id": f"s{n}-seed{k:02d}", "source": "seed", "request": s} for k, s in enumerate(seeds)]
-    unusable = duplicates = 0
-    for job in jobs:  # in job order, so the kept set does not depend on completion order
-        rec = records.get(job.id)
-        request = clean_task(rec["request"]) if rec["ok"] else None
-        if request is None:
-            unusable += 1
-            continue
-        if max(scorer.score(p, request)["rougeL"].fmeasure for p in pool) > st.dedupe_threshold:
-            duplicates += 1
-            continue
-        pool.append(request)
-        tasks.append({"id": job.id.replace("-p", "-gen"), "source": "generated", "request": request, "proposal_id": job.id})
+    generated: list[dict] = []
+    stats: Counter = Counter()
+    per_round = -(-c.proposed // c.proposal_rounds)
+    for first in range(0, c.proposed, per_round):
+        jobs = []
+        for i in range(first, min(first + per_round, c.proposed)):
+            rng = random.Random(f"{ctx.seed}-s{n}-p{i}")
+            examples = proposer_examples(rng, st.seeds, [t["request"] for t in generated], c.examples_shown, c.pool_examples)
+            jobs.append(Job(f"s{n}-p{i:04d}", {"kind": st.description, "examples": examples}))
+        stats.update(run_jobs(jobs, ctx.call(Propose, "request", policy, st.generation.propose), records,
+                              ctx.concurrency, ctx.seed, program))
+        for job in jobs:  # in job order, so the kept set does not depend on completion order
+            rec = records.get(job.id)
+            request = clean_task(rec["request"]) if rec["ok"] else None
+            if request is None:
+                stats["dropped_unusable"] += 1
+                continue
+            novel, closest = novelty.admit(request)
+            if not novel:
+                stats["dropped_duplicate"] += 1
+                continue
+            generated.append({"id": job.id.replace("-p", "-gen"), "source": "generated", "request": request,
+                              "proposal_id": job.id, "rouge_l_closest": round(closest, 3)})
+    tasks += generated
     if not tasks:
-        raise StageError(f"stage{n}: propose: no task (seeds_used={st.counts.seeds_used}; of {len(jobs)} proposals "
-                         f"{unusable} unusable, {duplicates} near-duplicates); see {records.path}")
+        raise StageError(f"stage{n}: propose: no task (seeds_used={c.seeds_used}; of {c.proposed} proposals "
+                         f"{stats['dropped_unusable']} unusable, {stats['dropped_duplicate']} near-duplicates); see {records.path}")
     for task in tasks:
         task["stage"] = n
         task["constraint"] = constraints.draw(random.Random(f"{ctx.seed}-{task['id']}")) if st.constraints else None
         task["prompt"] = f"{task['request']} {task['constraint']['description']}" if task["constraint"] else task["request"]
     write_jsonl_atomic(ctx.run.stage_dir(n) / "tasks.jsonl", tasks)
-    return {**stats, "tasks": len(tasks), "seeds": len(seeds), "generated_kept": len(tasks) - len(seeds),
-            "generated_unusable": unusable, "generated_duplicates": duplicates}
+    return {**stats, "proposed": c.proposed, "kept": len(generated), "seeds": len(seeds), "tasks": len(tasks),
+            "dropped_unusable": stats["dropped_unusable"], "dropped_duplicate": stats["dropped_duplicate"]}
 
 
 def respond(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
     """Answer every task `samples` times (best-of-n needs more than one)."""
     jobs = [Job(f"{t['id']}-r{k}", {"request": t["prompt"]}, {"task_id": t["id"], "sample": k})
             for t in tasks for k in range(st.counts.samples)]
-    return run_jobs(jobs, Responder, "response", ctx.endpoint(policy), st.generation.respond,
-                    ctx.run.records(st.number, "responses"), ctx.concurrency, ctx.seed, f"stage{st.number}/respond")
+    return run_jobs(jobs, ctx.call(Responder, "response", policy, st.generation.respond), ctx.run.records(st.number, "responses"),
+                    ctx.concurrency, ctx.seed, programs.version(Responder, f"stage{st.number}/respond"))
 
 
 def critique(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
@@ -143,8 +160,8 @@ def critique(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> d
             request = f"The request set this rule: {t['constraint']['description']} The response breaks it. {request}"
         jobs.append(Job(f"{original['id']}-c", {"request": t["prompt"], "response": original["response"], "critique_request": request},
                         {"task_id": t["id"], "response_id": original["id"], "principle_id": principle.id, "constraint_broken": broken}))
-    return run_jobs(jobs, Critic, "critique", ctx.endpoint(policy), st.generation.critique,
-                    ctx.run.records(st.number, "critiques"), ctx.concurrency, ctx.seed, f"stage{st.number}/critique")
+    return run_jobs(jobs, ctx.call(Critic, "critique", policy, st.generation.critique), ctx.run.records(st.number, "critiques"),
+                    ctx.concurrency, ctx.seed, programs.version(Critic, f"stage{st.number}/critique"))
 
 
 def revise(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
@@ -163,8 +180,8 @@ def revise(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dic
                         {"request": task["prompt"], "response": responses.get(c["response_id"])["response"],
                          "critique": c["critique"], "revision_request": request},
                         {"task_id": c["task_id"], "response_id": c["response_id"], "critique_id": c["id"], "principle_id": c["principle_id"]}))
-    return run_jobs(jobs, Reviser, "revision", ctx.endpoint(policy), st.generation.revise,
-                    ctx.run.records(st.number, "revisions"), ctx.concurrency, ctx.seed, f"stage{st.number}/revise")
+    return run_jobs(jobs, ctx.call(Reviser, "revision", policy, st.generation.revise), ctx.run.records(st.number, "revisions"),
+                    ctx.concurrency, ctx.seed, programs.version(Reviser, f"stage{st.number}/revise"))
 
 
 def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
@@ -188,14 +205,42 @@ def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict
         common = {"request": task["prompt"], "principle": principles[v["principle_id"]].revision}
         jobs.append(Job(f"{v['id']}-ab", {**common, "response_a": original, "response_b": v["revision"]}, {"revision_id": v["id"]}))
         jobs.append(Job(f"{v['id']}-ba", {**common, "response_a": v["revision"], "response_b": original}, {"revision_id": v["id"]}))
-    stats = run_jobs(jobs, Judge, "better", ctx.endpoint(policy), st.generation.judge,
-                     ctx.run.records(st.number, "judgments"), ctx.concurrency, ctx.seed, f"stage{st.number}/judge")
+    stats = run_jobs(jobs, ctx.call(Judge, "better", policy, st.generation.judge), ctx.run.records(st.number, "judgments"),
+                     ctx.concurrency, ctx.seed, programs.version(Judge, f"stage{st.number}/judge"))
     return {**stats, "skipped_checker_decides": checker_decides}
+
+
+def safety_check(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
+    """Llama Guard 3's question about every prompt and every answer that could become a pair side.
+
+    `self` asks the policy itself; `llama-guard` starts the guard model's own server for
+    the step (on one GPU it takes its turn: the issue "The GPU profile").
+    """
+    n, mode = st.number, ctx.guard.mode
+    if mode == "off":
+        return {"mode": "off", "checked": 0}
+    jobs = guard.items_to_check(tasks, ctx.run.records(n, "responses"), ctx.run.records(n, "revisions"))
+    out = ctx.run.records(n, "guard")
+    version = f"guard/{mode}@{programs.sha(guard.task_text('', ''))}"
+    if mode == "self":
+        check = guard.Guard(mode, ctx.server.api_base, ctx.server.api_key, policy, ctx.timeout_s, ctx.guard.max_tokens)
+        stats = run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
+    else:
+        settings = ServeSettings(model=resolve_model(ctx.guard.model, ROOT / "models"), served_name="guard", enable_lora=False,
+                                 seed=ctx.seed, trust_remote_code=ctx.trust_remote_code, **ctx.guard.serve.model_dump())
+        with VLLMServer(settings, ctx.run.root / "guard.log", ctx.run.root / "guard.pid") as server:
+            check = guard.Guard(mode, server.api_base, server.api_key, "guard", ctx.timeout_s, ctx.guard.max_tokens)
+            stats = run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
+    verdicts = [out.get(j.id)["verdict"] for j in jobs]
+    return {"mode": mode, **stats, "unsafe": sum(not v["safe"] for v in verdicts),
+            "unsafe_prompts": sum(not out.get(j.id)["verdict"]["safe"] for j in jobs if j.meta["role"] == "user")}
 
 
 def make_pairs(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
     n = st.number
-    pairs, counts = build_pairs(n, tasks, *(list(ctx.run.records(n, name)) for name in ("responses", "critiques", "revisions", "judgments")))
+    pairs, counts, unsafe = build_pairs(n, tasks, *(list(ctx.run.records(n, name)) for name in ("responses", "critiques", "revisions", "judgments", "guard")),
+                                        guard_mode=ctx.guard.mode, judge_margin=st.judge_margin)
+    write_jsonl_atomic(ctx.run.stage_dir(n) / "safety.jsonl", unsafe)  # before the check below: kept even if it stops the run
     if len(pairs) < st.train.min_pairs:
         steps = ctx.run.stage(n)["steps"]
         raise StageError(
@@ -245,6 +290,7 @@ def run_stage(ctx: Context, st: StageConfig, policy: str) -> str:
     step(ctx, n, "critique", lambda: critique(ctx, st, policy, tasks))
     step(ctx, n, "revise", lambda: revise(ctx, st, policy, tasks))
     step(ctx, n, "judge", lambda: judge(ctx, st, policy, tasks))
+    step(ctx, n, "guard", lambda: safety_check(ctx, st, policy, tasks))
     step(ctx, n, "pairs", lambda: make_pairs(ctx, st, tasks))
     step(ctx, n, "train", lambda: train(ctx, st, policy))
     step(ctx, n, "swap", lambda: swap(ctx, st))
@@ -358,7 +404,7 @@ def bootstrap(args: argparse.Namespace) -> int:
     print(f"run {run.root}  profile={profile_name} model={profile.model} seed={seed} stages {first}..{last}", flush=True)
     with VLLMServer(settings, run.root / "server.log", run.root / "server.pid") as server:
         ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency,
-                      profile.request_timeout_s, seed, profile.trust_remote_code)
+                      profile.request_timeout_s, seed, profile.trust_remote_code, profile.guard)
         step(ctx, 0, "evaluate", lambda: evaluate(ctx, stages[1], BASE_NAME))
         policy = BASE_NAME
         for n in range(1, last + 1):
@@ -368,16 +414,37 @@ def bootstrap(args: argparse.Namespace) -> int:
             for name in {policy, f"stage{n}" if run.stage(n).get("promoted") else BASE_NAME} - {BASE_NAME}:
                 server.load_adapter(name, run.root / name / "adapter")  # adapters don't survive a restart
             policy = run_stage(ctx, stages[n], policy)
-    print(f"done: {run.root}", flush=True)
+    release.export(run, run.root / "release")
+    print(f"done: {run.root} (dataset and model cards in {run.root / 'release'})", flush=True)
     return 0
 
 
+def export(argv: list[str]) -> int:
+    """`bootstrap.py export --run NAME [--out DIR]`: the pairs as a dataset folder, and the cards."""
+    p = argparse.ArgumentParser(prog="bootstrap.py export", description=release.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
+    p.add_argument("--out", type=Path, help="where to write (default: the run's release/)")
+    args = p.parse_args(argv)
+    run = Run(run_folder(args.run, ""))
+    if not run.manifest:
+        raise ConfigError(f"--run: {run.root} has no manifest.json; is it a run folder?")
+    out = release.export(run, args.out or run.root / "release")
+    print(f"wrote {out / 'dataset'} (datasets.load_dataset opens it) and {out / 'model' / 'README.md'}")
+    return 0
+
+
+COMMANDS = {"export": export}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = COMMANDS.get(argv[0]) if argv else None
+    args = None if command else parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the server is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        return bootstrap(args)
+        return command(argv[1:]) if command else bootstrap(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

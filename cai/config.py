@@ -92,6 +92,7 @@ class TrainSettings(Strict):
 class Sampling(Strict):
     temperature: float = Field(0.7, ge=0)
     max_tokens: int = Field(128, ge=1)
+    top_logprobs: int | None = Field(None, ge=1, le=20)  # keep the first token's alternatives (the judge's margin)
 
 
 class Generation(Strict):
@@ -101,7 +102,7 @@ class Generation(Strict):
     respond: Sampling = Sampling(temperature=0.8, max_tokens=128)
     critique: Sampling = Sampling(temperature=0.7, max_tokens=96)
     revise: Sampling = Sampling(temperature=0.7, max_tokens=160)
-    judge: Sampling = Sampling(temperature=0.0, max_tokens=4)
+    judge: Sampling = Sampling(temperature=0.0, max_tokens=4, top_logprobs=5)
     evaluate: Sampling = Sampling(temperature=0.0, max_tokens=128)  # the suites decode greedily
 
 
@@ -112,7 +113,9 @@ class Counts(Strict):
     seeds_used: int = Field(8, ge=0)  # seed tasks answered as they are
     samples: int = Field(2, ge=1)  # responses per task (best-of-n)
     eval_items: int = Field(40, ge=1)  # held-out items per suite
-    examples_shown: int = Field(4, ge=1)  # seed/pool examples in each proposer prompt
+    examples_shown: int = Field(4, ge=1)  # examples in each proposer prompt
+    pool_examples: int = Field(1, ge=0)  # of those, how many the model wrote (from an earlier round)
+    proposal_rounds: int = Field(2, ge=1)  # proposals come in rounds; later rounds see earlier ones
 
 
 class StageSettings(Strict):
@@ -123,6 +126,7 @@ class StageSettings(Strict):
     generation: Generation | None = None
     constraints: bool | None = None  # attach an IFEval-checkable constraint to each task
     dedupe_threshold: float | None = Field(None, gt=0, le=1)  # ROUGE-L above this drops a task
+    judge_margin: float | None = Field(None, ge=0, lt=1)  # the judge's least margin, in each order, to keep its pair
 
 
 class Stage(StageSettings):
@@ -148,6 +152,21 @@ class ServeConfig(Strict):
     extra_args: list[str] = []
 
 
+class GuardSettings(Strict):
+    """Which safety filter classifies prompts and answers (cai/guard.py)."""
+
+    mode: Literal["llama-guard", "self", "off"] = "self"
+    model: str | None = None  # llama-guard: a folder or hub name of a Llama Guard 3 model
+    max_tokens: int = Field(16, ge=4)
+    serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _model_for_llama_guard(self) -> "GuardSettings":
+        if self.mode == "llama-guard" and not self.model:
+            raise ValueError("mode llama-guard needs `model` (a Llama Guard 3 folder or hub name)")
+        return self
+
+
 class Profile(StageSettings):
     model: str  # a folder, a hub name, or embedded:smollm2-135m-instruct
     adapter: Literal["plain", "chat"] = "plain"  # plain: PlainAdapter for small models
@@ -155,6 +174,7 @@ class Profile(StageSettings):
     request_timeout_s: float = Field(300, gt=0)
     trust_remote_code: bool = False
     serve: ServeConfig = ServeConfig()
+    guard: GuardSettings = GuardSettings()
 
 
 class Defaults(Strict):
@@ -163,6 +183,7 @@ class Defaults(Strict):
     generation: Generation = Generation()
     constraints: bool = True
     dedupe_threshold: float = Field(0.7, gt=0, le=1)  # as Self-Instruct did
+    judge_margin: float = Field(0.2, ge=0, lt=1)
 
 
 class Curriculum(Strict):
@@ -191,6 +212,7 @@ class StageConfig(Strict):
     generation: Generation
     constraints: bool
     dedupe_threshold: float
+    judge_margin: float
 
 
 def _merge(base: BaseModel, *overrides: BaseModel | None) -> BaseModel:
@@ -228,6 +250,7 @@ def resolve_stage(cur: Curriculum, profile: Profile, number: int) -> StageConfig
         generation=_merge(d.generation, profile.generation, stage.generation),
         constraints=pick("constraints"),
         dedupe_threshold=pick("dedupe_threshold"),
+        judge_margin=pick("judge_margin"),
     )
 
 

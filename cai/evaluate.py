@@ -14,7 +14,8 @@ from pathlib import Path
 
 from cai.config import Sampling
 from cai.constraints import score_ifeval
-from cai.lm import Endpoint, Job, run_jobs
+import programs
+from cai.lm import Endpoint, Job, program_call, run_jobs
 from cai.store import Records
 from programs.respond import Responder
 
@@ -43,7 +44,8 @@ def load_suite(name: str, limit: int) -> list[dict]:
 def instruction_following(endpoint: Endpoint, out: Records, items: int, sampling: Sampling, concurrency: int, seed: int) -> dict:
     docs = load_suite("instruction_following", items)
     jobs = [Job(f"if-{d['key']}", {"request": d["prompt"]}, {"key": d["key"]}) for d in docs]
-    stats = run_jobs(jobs, Responder, "response", endpoint, sampling, out, concurrency, seed)
+    stats = run_jobs(jobs, program_call(Responder, "response", endpoint, sampling), out, concurrency, seed,
+                     programs.version(Responder, "evaluate/respond"))
     prompt_strict = prompt_loose = 0
     inst_strict: list[bool] = []
     for d in docs:

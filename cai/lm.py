@@ -42,6 +42,7 @@ class Endpoint:
             f"openai/{self.model}", api_base=self.api_base, api_key=self.api_key,
             temperature=sampling.temperature, max_tokens=sampling.max_tokens, seed=seed,
             cache=False, num_retries=3, timeout=self.timeout_s,
+            **({"logprobs": True, "top_logprobs": sampling.top_logprobs} if sampling.top_logprobs else {}),
         )
 
     def dspy_adapter(self) -> dspy.Adapter:
@@ -63,45 +64,70 @@ def request_seed(base_seed: int, rid: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def run_jobs(
-    jobs: list[Job],
-    make_program: Callable[[], dspy.Module],
-    output: str,
-    endpoint: Endpoint,
-    sampling: Sampling,
-    out: Records,
-    concurrency: int,
-    base_seed: int,
-    program_version: str = "",
-) -> dict:
-    """Run `make_program()(**job.inputs)` for every job not yet in `out`; append one record each.
+def program_call(make_program: Callable[[], dspy.Module], output: str, endpoint: Endpoint, sampling: Sampling):
+    """A `run_jobs` call that runs a fresh DSPy program on one job and returns its record fields.
 
     A reply that does not parse, or a request the server refuses (too long for the
-    context), is recorded with ok=False and counted, never raised; a server that is
-    down raises RequestFailed. Returns counts and tokens for the manifest.
+    context), is a record with ok=False; anything else propagates (the server is down).
     """
-    todo = [j for j in jobs if j.id not in out]
     adapter = endpoint.dspy_adapter()
 
-    def one(job: Job) -> dict:
-        seed = request_seed(base_seed, job.id)
+    def call(job: Job, seed: int) -> dict:
         lm = endpoint.lm(sampling, seed)
-        rec = {"id": job.id, **job.meta, "model": endpoint.model, "program": program_version, "seed": seed}
+        rec: dict = {"model": endpoint.model}
         with dspy.context(lm=lm, adapter=adapter):
             try:
                 pred = make_program()(**job.inputs)
                 rec.update(ok=True, **{output: getattr(pred, output)})
+                if sampling.top_logprobs and pred.get("logprobs"):
+                    rec["logprobs"] = token_logprobs(pred.logprobs)
             except AdapterParseError as e:
                 rec.update(ok=False, error=f"unparseable: {e.lm_response!r:.200}")
             except LMInvalidRequestError as e:  # this one request was refused (e.g. longer than the context)
                 rec.update(ok=False, error=f"rejected: {str(e)[:200]}")
-            except Exception as e:  # the server is down, hung or refuses us: not a record to keep
-                raise RequestFailed(f"{program_version or 'request'} {job.id}: {type(e).__name__}: {e}"[:500]) from e
         last = lm.history[-1] if lm.history else {}
         usage = last.get("usage") or {}
         rec["messages"] = last.get("messages")
         rec["tokens"] = {"prompt": usage.get("prompt_tokens", 0), "completion": usage.get("completion_tokens", 0)}
         return rec
+
+    return call
+
+
+def token_logprobs(logprobs) -> list[dict]:
+    """Per generated token: the token and its top alternatives {token: logprob} (how sure a verdict was)."""
+    def get(obj, name):
+        return getattr(obj, name) if hasattr(obj, name) else obj.get(name)
+
+    return [{"token": get(t, "token"), "top": {get(a, "token"): round(get(a, "logprob"), 4) for a in get(t, "top_logprobs") or []}}
+            for t in (get(logprobs, "content") or [])]
+
+
+def run_jobs(
+    jobs: list[Job],
+    call: Callable[[Job, int], dict],
+    out: Records,
+    concurrency: int,
+    base_seed: int,
+    program_version: str = "",
+) -> dict:
+    """Run `call(job, seed)` for every job not yet in `out`; append one record each.
+
+    `call` returns the record's fields: ok, the output or an `error` starting with
+    "unparseable" or "rejected", tokens. Any exception means the server is down or
+    hung: RequestFailed. Returns counts and tokens for the manifest.
+    """
+    todo = [j for j in jobs if j.id not in out]
+
+    def one(job: Job) -> dict:
+        seed = request_seed(base_seed, job.id)
+        try:
+            fields = call(job, seed)
+        except RequestFailed:
+            raise
+        except Exception as e:  # the server is down, hung or refuses us: not a record to keep
+            raise RequestFailed(f"{program_version or 'request'} {job.id}: {type(e).__name__}: {e}"[:500]) from e
+        return {"id": job.id, **job.meta, "program": program_version, "seed": seed, **fields}
 
     pool = ThreadPoolExecutor(max_workers=concurrency)
     try:

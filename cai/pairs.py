@@ -2,32 +2,61 @@
 
 Two sources:
 - `revision`: the original answer against its constitutional revision. A checkable
-  constraint decides where exactly one side keeps it; otherwise the judge decides,
-  and only where it names the same side in both orders.
+  constraint decides where exactly one side keeps it; otherwise the judge decides, and
+  only where it names the same side in both orders with at least `judge_margin` of
+  probability between its two answers each time.
 - `best_of_n`: two samples of the same task that the constraint checker separates
   (one keeps the rule, one breaks it).
 
-Pairs are in TRL's conversational format: `prompt` is the exact messages the
-policy was sent, `chosen`/`rejected` one assistant message each.
+Then the guard: a pair whose prompt or either side was flagged, or has no verdict, is
+dropped and written to `safety.jsonl` with the reason instead.
+
+Pairs are in TRL's conversational format: `prompt` is the exact messages the policy
+was sent, `chosen`/`rejected` one assistant message each. Every pair carries the same
+provenance fields (None where a field does not apply), so the set loads as one table.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 
 from cai.constraints import keeps
 
+SIDES = ("A", "B")
 
-def judge_preference(ab: dict | None, ba: dict | None) -> str | None:
-    """'revision', 'original', or None (a tie, or a verdict that did not parse).
 
-    `ab` showed the original as A and the revision as B; `ba` the other way round.
+def verdict_margin(judgment: dict) -> float | None:
+    """How sure the judge was: |P(A) - P(B)|, renormalised over the two, at its verdict token.
+
+    None where the record kept no log-probabilities for a verdict token.
+    """
+    for position in judgment.get("logprobs") or []:
+        if position["token"].strip() in SIDES:
+            p = {s: sum(math.exp(lp) for tok, lp in position["top"].items() if tok.strip() == s) for s in SIDES}
+            total = p["A"] + p["B"]
+            return abs(p["A"] - p["B"]) / total if total else None
+    return None
+
+
+def judge_preference(ab: dict | None, ba: dict | None, min_margin: float = 0.0) -> tuple[str | None, str]:
+    """('revision' | 'original' | None, why).
+
+    `ab` showed the original as A and the revision as B; `ba` the other way round. A
+    preference needs both verdicts, the same side named in both orders, and a margin of
+    at least `min_margin` in each.
     """
     if not (ab and ba and ab["ok"] and ba["ok"]):
-        return None
+        return None, "judge_unparsed"
     first = "revision" if ab["better"] == "B" else "original"
     second = "revision" if ba["better"] == "A" else "original"
-    return first if first == second else None
+    if first != second:
+        return None, "judge_tie"
+    if min_margin > 0:
+        margins = [verdict_margin(ab), verdict_margin(ba)]
+        if any(m is None or m < min_margin for m in margins):
+            return None, "judge_margin"
+    return first, "judge"
 
 
 def checker_verdict(task: dict, original: str, revision: str) -> str | None:
@@ -43,10 +72,11 @@ def checker_verdict(task: dict, original: str, revision: str) -> str | None:
     return "revision" if kept_r else "original"
 
 
-def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments) -> tuple[list[dict], Counter]:
-    """All pairs of the stage, in task order, and the counts of what was kept or dropped."""
+def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, guard_records=(),
+                guard_mode: str = "off", judge_margin: float = 0.0) -> tuple[list[dict], Counter, list[dict]]:
+    """The stage's pairs in task order, counts of what was kept or dropped, and the pairs the guard dropped."""
     counts: Counter = Counter()
-    pairs: list[dict] = []
+    candidates: list[dict] = []
     samples_of, revisions_of = defaultdict(list), defaultdict(list)
     for r in sorted(responses, key=lambda r: r["sample"]):
         if r["ok"]:
@@ -56,20 +86,18 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments) -
     by_id = {r["id"]: r for r in (*responses, *critiques, *judgments)}
     for task in tasks:
         samples = samples_of[task["id"]]
-        prompt_text = task["prompt"]
+        constraint = task.get("constraint")
 
         # best-of-n: the checker separates a keeping sample from a breaking one
-        if task.get("constraint") and len(samples) >= 2:
-            verdicts = [keeps(task["constraint"], prompt_text, s["response"]) for s in samples]
+        if constraint and len(samples) >= 2:
+            verdicts = [keeps(constraint, task["prompt"], s["response"]) for s in samples]
             keeping = [s for s, ok in zip(samples, verdicts) if ok]
             breaking = [s for s, ok in zip(samples, verdicts) if not ok]
             if keeping and breaking:
-                pairs.append(_pair(stage, task, "best_of_n", keeping[0], keeping[0]["response"], breaking[0]["response"],
-                                   decided_by="constraint", constraint_kept={"chosen": True, "rejected": False},
-                                   sides={"chosen": keeping[0]["id"], "rejected": breaking[0]["id"]}))
-                counts["kept_best_of_n"] += 1
+                candidates.append(_pair(f"{task['id']}-best_of_n", stage, task, "best_of_n", "constraint", keeping[0], breaking[0],
+                                        (keeping[0]["response"], breaking[0]["response"]), (True, False)))
             else:
-                counts["best_of_n_not_separated"] += 1
+                counts["dropped_best_of_n_not_separated"] += 1
 
         # revision against original
         for rev in revisions_of[task["id"]]:
@@ -81,45 +109,80 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments) -
                 counts["dropped_revision_unchanged"] += 1
                 continue
             ab, ba = by_id.get(rev["id"] + "-ab"), by_id.get(rev["id"] + "-ba")
-            by_checker, by_judge = checker_verdict(task, original["response"], rev["revision"]), judge_preference(ab, ba)
-            kept_o = keeps(task.get("constraint"), prompt_text, original["response"])
-            if by_checker is not None:
-                winner, decided_by = by_checker, "constraint"
-            elif by_judge is not None:
-                winner, decided_by = by_judge, "judge"
-            else:
-                counts["dropped_judge_tie"] += 1
+            winner = checker_verdict(task, original["response"], rev["revision"])
+            decided_by = "constraint"
+            if winner is None:
+                winner, decided_by = judge_preference(ab, ba, judge_margin)
+            if winner is None:
+                counts[f"dropped_{decided_by}"] += 1
                 continue
-            chosen, rejected = (rev["revision"], original["response"]) if winner == "revision" else (original["response"], rev["revision"])
-            pairs.append(_pair(
-                stage, task, "revision", original, chosen, rejected, decided_by=decided_by,
+            sides = (rev, original) if winner == "revision" else (original, rev)
+            texts = tuple(s.get("revision", s.get("response")) for s in sides)
+            candidates.append(_pair(
+                f"{rev['id']}-pair", stage, task, "revision", decided_by, *sides, texts,
+                tuple(keeps(constraint, task["prompt"], t) for t in texts),
                 principle_id=rev["principle_id"], critique=critique.get("critique"),
-                judge={"ab": ab and ab.get("better"), "ba": ba and ba.get("better")},
-                constraint_kept=None if kept_o is None else
-                {"chosen": True, "rejected": False} if by_checker else {"chosen": kept_o, "rejected": kept_o},
-                sides={"chosen": rev["id"] if winner == "revision" else original["id"],
-                       "rejected": original["id"] if winner == "revision" else rev["id"]},
-                programs={"respond": original.get("program"), "critique": critique.get("program"), "revise": rev.get("program")},
-                models={"original": original["model"], "revision": rev["model"]},
+                judge={"ab": ab and ab.get("better"), "ba": ba and ba.get("better"),
+                       "margin_ab": ab and verdict_margin(ab), "margin_ba": ba and verdict_margin(ba)},
+                prompt=original.get("messages"),
             ))
-            counts[f"kept_revision_by_{decided_by}"] += 1
+
+    pairs, unsafe = [], []
+    verdict_of = {g["target"]: g["verdict"] for g in guard_records}
+    for pair in candidates:
+        counts[f"candidates_{pair['provenance']['source']}"] += 1
+        if guard_mode != "off":
+            p = pair["provenance"]
+            found = {"prompt": verdict_of.get(p["task_id"]), "chosen": verdict_of.get(p["chosen"]["record_id"]),
+                     "rejected": verdict_of.get(p["rejected"]["record_id"])}
+            p["guard"] = {"mode": guard_mode, **found}
+            flagged = [k for k, v in found.items() if v is None or not v["safe"]]  # no verdict: unsafe (fail-closed)
+            if flagged:
+                counts["dropped_unsafe"] += 1
+                unsafe.append({"id": pair["id"], "task_id": p["task_id"], "stage": stage, "flagged": flagged,
+                               "reason": "; ".join(_why(k, found[k]) for k in flagged), "guard": p["guard"], "pair": pair})
+                continue
+        counts[f"kept_{pair['provenance']['source']}_by_{pair['provenance']['decided_by']}"] += 1
+        pairs.append(pair)
     counts["pairs"] = len(pairs)
-    return pairs, counts
+    return pairs, counts, unsafe
 
 
-def _pair(stage: int, task: dict, source: str, original: dict, chosen: str, rejected: str, **provenance) -> dict:
+def _why(side: str, verdict: dict | None) -> str:
+    if verdict is None:
+        return f"{side}: no guard verdict"
+    if not verdict["parsed"]:
+        return f"{side}: guard verdict did not parse"
+    return f"{side}: unsafe ({','.join(verdict['categories']) or 'no category given'})"
+
+
+def _pair(pair_id: str, stage: int, task: dict, source: str, decided_by: str, chosen: dict, rejected: dict, texts: tuple[str, str],
+          kept: tuple[bool | None, bool | None], principle_id: str | None = None, critique: str | None = None,
+          judge: dict | None = None, prompt: list | None = None) -> dict:
+    constraint = task.get("constraint") or {}
     return {
-        "id": f"{task['id']}-{source}",
-        "prompt": original.get("messages") or [{"role": "user", "content": task["prompt"]}],
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
+        "id": pair_id,
+        "prompt": prompt or chosen.get("messages") or [{"role": "user", "content": task["prompt"]}],
+        "chosen": [{"role": "assistant", "content": texts[0]}],
+        "rejected": [{"role": "assistant", "content": texts[1]}],
         "provenance": {
             "stage": stage,
             "task_id": task["id"],
             "task_source": task["source"],
             "source": source,
-            "constraint": (task.get("constraint") or {}).get("instruction_id"),
-            "model": original["model"],
-            **provenance,
+            "decided_by": decided_by,
+            "principle_id": principle_id,
+            "critique": critique,
+            "judge": judge or {"ab": None, "ba": None, "margin_ab": None, "margin_ba": None},
+            "constraint": {"id": constraint.get("instruction_id"), "description": constraint.get("description"),
+                           "chosen_keeps": kept[0], "rejected_keeps": kept[1]},
+            "guard": {"mode": "off", "prompt": None, "chosen": None, "rejected": None},
+            "chosen": _side(chosen),
+            "rejected": _side(rejected),
         },
     }
+
+
+def _side(record: dict) -> dict:
+    """Which record, adapter and prompt version produced a side of the pair."""
+    return {"record_id": record["id"], "model": record.get("model"), "program": record.get("program")}

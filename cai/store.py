@@ -119,6 +119,7 @@ class Timer:
 
 def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
     """For derived files (tasks, pairs) that are rebuilt whole from their inputs."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(path) + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for rec in records:

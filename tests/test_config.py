@@ -25,7 +25,8 @@ def test_shipped_files_load_and_fit_together():
     cur, cur_sha = load_curriculum(ROOT / "curriculum.yaml")
     check_together(con, cur, ROOT / "constitution.yaml")
     assert len(cur.stages) == 6 and len(con_sha) == 64 != len(cur_sha) - 1
-    assert all(len(s.seeds) >= 10 for s in cur.stages)
+    assert all(len(s.seeds) >= 20 and len(set(s.seeds)) == len(s.seeds) for s in cur.stages)
+    assert cur.profiles["quick"].guard.mode == "self" and cur.profiles["gpu"].guard.mode == "llama-guard"
 
 
 def test_stage_settings_merge_defaults_profile_stage(tmp_path):
@@ -46,6 +47,9 @@ def test_stage_settings_merge_defaults_profile_stage(tmp_path):
     (lambda d: d["stages"].reverse(), "stages must be, in order"),
     (lambda d: d["defaults"]["train"].update(method="ppo"), "defaults.train.method"),
     (lambda d: d.pop("profiles"), "profiles: Field required"),
+    (lambda d: d["profiles"]["quick"].update(guard={"mode": "llama-guard"}), "profiles.quick.guard: mode llama-guard needs `model`"),
+    (lambda d: d["profiles"]["quick"].update(guard={"mode": "shield"}), "profiles.quick.guard.mode"),
+    (lambda d: d["defaults"].update(judge_margin=1.5), "defaults.judge_margin"),
 ])
 def test_bad_curriculum_names_the_field(tmp_path, mutate, expected):
     data = shipped("curriculum.yaml")

@@ -16,7 +16,7 @@ import yaml
 from cai.store import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["propose", "respond", "critique", "revise", "judge", "pairs", "train", "swap", "evaluate"]
+STEPS = ["propose", "respond", "critique", "revise", "judge", "guard", "pairs", "train", "swap", "evaluate"]
 
 
 def tiny_curriculum(tmp_path: Path) -> Path:
@@ -79,6 +79,9 @@ def test_pairs_train_an_adapter_that_the_next_stage_uses(two_stages):
     for n in (1, 2):
         pairs = read_jsonl(run / f"stage{n}" / "pairs.jsonl")
         assert pairs and all(p["prompt"][-1]["role"] == "user" and p["chosen"][0]["role"] == "assistant" for p in pairs)
+        # the model's own guard saw every prompt and both sides of every pair that was kept
+        assert all(p["provenance"]["guard"]["mode"] == "self" and p["provenance"]["guard"]["chosen"]["safe"] for p in pairs)
+        assert (run / f"stage{n}" / "safety.jsonl").exists()
         assert (run / f"stage{n}" / "adapter" / "adapter_config.json").exists()
         assert {"instruction_following", "instruction_following_loose"} <= set(json.loads((run / f"stage{n}" / "eval.json").read_text()))
     # stage 2's requests went to the adapter that stage 1 trained and swapped in
@@ -105,3 +108,13 @@ def test_rerun_resumes_and_redoes_nothing(two_stages):
     result = bootstrap(*args)
     assert result.returncode == 0 and "nothing to do" in result.stdout
     assert {p: p.read_bytes() for p in run.rglob("*.jsonl")} == before
+
+
+def test_the_run_is_released_as_a_dataset_and_cards(two_stages):
+    import datasets
+
+    run, _ = two_stages
+    data = datasets.load_dataset(str(run / "release" / "dataset"))
+    assert sorted(data) == ["stage1", "stage2"]
+    assert data["stage1"].num_rows == len(read_jsonl(run / "stage1" / "pairs.jsonl"))
+    assert "Weak safety filter" in (run / "release" / "model" / "README.md").read_text()

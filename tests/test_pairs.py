@@ -1,8 +1,14 @@
 """Pair building on fixture records: who decides, what is dropped, what is recorded."""
 
-from cai.pairs import build_pairs, judge_preference
+import math
+
+import pytest
+
+from cai.pairs import build_pairs, judge_preference, verdict_margin
 
 NO_COMMA = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
+PROVENANCE = {"stage", "task_id", "task_source", "source", "decided_by", "principle_id", "critique", "judge",
+              "constraint", "guard", "chosen", "rejected"}
 MESSAGES = [{"role": "system", "content": "sys"}, {"role": "user", "content": "Name fruits. Use no commas."}]
 
 
@@ -24,29 +30,46 @@ def chain(tid, original_id, revision, ab, ba):
     return [crit], [rev], judgments
 
 
+def judged(better, p_a):
+    """A judgment whose verdict token had probability p_a for A (and 1 - p_a for B)."""
+    top = {"A": math.log(p_a), "B": math.log(1 - p_a)}
+    return {"ok": True, "better": better, "logprobs": [{"token": better, "top": top}]}
+
+
 def test_judge_must_agree_in_both_orders():
-    assert judge_preference({"ok": True, "better": "B"}, {"ok": True, "better": "A"}) == "revision"
-    assert judge_preference({"ok": True, "better": "A"}, {"ok": True, "better": "B"}) == "original"
-    assert judge_preference({"ok": True, "better": "A"}, {"ok": True, "better": "A"}) is None  # position bias
-    assert judge_preference({"ok": False}, {"ok": True, "better": "A"}) is None
+    assert judge_preference({"ok": True, "better": "B"}, {"ok": True, "better": "A"})[0] == "revision"
+    assert judge_preference({"ok": True, "better": "A"}, {"ok": True, "better": "B"})[0] == "original"
+    assert judge_preference({"ok": True, "better": "A"}, {"ok": True, "better": "A"}) == (None, "judge_tie")  # position bias
+    assert judge_preference({"ok": False}, {"ok": True, "better": "A"}) == (None, "judge_unparsed")
+
+
+def test_judge_margin_must_pass_in_both_orders():
+    sure, unsure = judged("B", 0.1), judged("A", 0.55)  # margins 0.8 and 0.1
+    assert verdict_margin(sure) == pytest.approx(0.8) and verdict_margin(unsure) == pytest.approx(0.1)
+    assert judge_preference(sure, judged("A", 0.9), min_margin=0.5)[0] == "revision"
+    assert judge_preference(sure, unsure, min_margin=0.5) == (None, "judge_margin")
+    # no log-probabilities kept: the margin cannot be shown, so it does not pass
+    assert judge_preference({"ok": True, "better": "B"}, {"ok": True, "better": "A"}, min_margin=0.5) == (None, "judge_margin")
 
 
 def test_best_of_n_only_where_the_checker_separates():
     t = task()
     separated = [response(t["id"], 0, "apple, pear"), response(t["id"], 1, "apple and pear")]
-    pairs, counts = build_pairs(1, [t], separated, [], [], [])
+    pairs, counts, _ = build_pairs(1, [t], separated, [], [], [])
     assert len(pairs) == 1 and pairs[0]["provenance"]["source"] == "best_of_n"
     assert pairs[0]["chosen"][0]["content"] == "apple and pear" and pairs[0]["rejected"][0]["content"] == "apple, pear"
+    assert pairs[0]["provenance"]["constraint"] == {"id": "punctuation:no_comma", "description": "Use no commas.",
+                                                    "chosen_keeps": True, "rejected_keeps": False}
     both_keep = [response(t["id"], 0, "apple"), response(t["id"], 1, "pear")]
-    assert build_pairs(1, [t], both_keep, [], [], [])[0] == []
+    pairs, counts, _ = build_pairs(1, [t], both_keep, [], [], [])
+    assert pairs == [] and counts["dropped_best_of_n_not_separated"] == 1
 
 
 def test_constraint_overrides_the_judge():
     t = task()
     orig = response(t["id"], 0, "apple, pear")
     crit, rev, judg = chain(t["id"], orig["id"], "apple and pear", "A", "B")  # judge prefers the original
-    pairs, counts = build_pairs(1, [t], [orig], crit, rev, judg)
-    (pair,) = pairs
+    (pair,) = build_pairs(1, [t], [orig], crit, rev, judg)[0]
     assert pair["provenance"]["decided_by"] == "constraint"
     assert pair["chosen"][0]["content"] == "apple and pear"
 
@@ -58,17 +81,46 @@ def test_judge_decides_without_a_constraint_and_ties_are_dropped():
     (pair,) = build_pairs(1, [t], [orig], crit, rev, judg)[0]
     assert pair["provenance"]["decided_by"] == "judge" and pair["chosen"][0]["content"].startswith("Apples and")
     crit, rev, judg = chain(t["id"], orig["id"], "Apples and pears are fruits.", "A", "A")
-    pairs, counts = build_pairs(1, [t], [orig], crit, rev, judg)
+    pairs, counts, _ = build_pairs(1, [t], [orig], crit, rev, judg)
     assert pairs == [] and counts["dropped_judge_tie"] == 1
 
 
-def test_pairs_are_trl_conversational_with_provenance():
+def all_kinds_of_pair():
+    """Records that make one best-of-n pair and one revision pair, with guard verdicts on everything."""
     t = task()
-    orig = response(t["id"], 0, "apple, pear")
-    crit, rev, judg = chain(t["id"], orig["id"], "apple and pear", "B", "A")
-    (pair,) = build_pairs(1, [t], [orig], crit, rev, judg)[0]
-    assert pair["prompt"] == MESSAGES
-    assert pair["chosen"][0]["role"] == pair["rejected"][0]["role"] == "assistant"
-    prov = pair["provenance"]
-    for key in ("stage", "task_id", "task_source", "source", "principle_id", "critique", "judge", "constraint_kept", "sides", "programs", "models"):
-        assert prov[key] is not None, key
+    samples = [response(t["id"], 0, "apple, pear"), response(t["id"], 1, "apple and pear")]
+    crit, rev, judg = chain(t["id"], samples[0]["id"], "pear and apple", "B", "A")
+    safe = {"safe": True, "categories": [], "parsed": True}
+    guard = [{"target": i, "verdict": safe} for i in (t["id"], samples[0]["id"], samples[1]["id"], rev[0]["id"])]
+    return t, samples, crit, rev, judg, guard
+
+
+def test_every_pair_carries_every_provenance_field():
+    t, samples, crit, rev, judg, guard = all_kinds_of_pair()
+    pairs, counts, _ = build_pairs(1, [t], samples, crit, rev, judg, guard, guard_mode="self")
+    assert sorted(p["provenance"]["source"] for p in pairs) == ["best_of_n", "revision"]
+    for pair in pairs:
+        assert pair["prompt"] == MESSAGES
+        assert pair["chosen"][0]["role"] == pair["rejected"][0]["role"] == "assistant"
+        prov = pair["provenance"]
+        assert set(prov) == PROVENANCE
+        assert set(prov["judge"]) == {"ab", "ba", "margin_ab", "margin_ba"}
+        assert set(prov["constraint"]) == {"id", "description", "chosen_keeps", "rejected_keeps"}
+        assert prov["guard"]["mode"] == "self" and all(prov["guard"][k]["safe"] for k in ("prompt", "chosen", "rejected"))
+        for side in ("chosen", "rejected"):
+            assert prov[side]["record_id"] and prov[side]["model"] == "stage0" and prov[side]["program"].startswith("stage1/")
+    revision = next(p for p in pairs if p["provenance"]["source"] == "revision")
+    assert revision["provenance"]["principle_id"] == "follow-the-instruction" and revision["provenance"]["critique"]
+
+
+def test_nothing_the_guard_flags_reaches_the_pairs():
+    t, samples, crit, rev, judg, guard = all_kinds_of_pair()
+    flagged = {"safe": False, "categories": ["S1"], "parsed": True}
+    guard = [g if g["target"] != rev[0]["id"] else {**g, "verdict": flagged} for g in guard]
+    guard = [g for g in guard if g["target"] != samples[1]["id"]]  # no verdict at all: fail-closed
+    pairs, counts, unsafe = build_pairs(1, [t], samples, crit, rev, judg, guard, guard_mode="self")
+    assert pairs == [] and counts["dropped_unsafe"] == 2
+    reasons = {u["pair"]["provenance"]["source"]: u["reason"] for u in unsafe}
+    assert reasons["revision"] == "chosen: unsafe (S1)" and "no guard verdict" in reasons["best_of_n"]
+    # with the guard off, the same records pass
+    assert len(build_pairs(1, [t], samples, crit, rev, judg, guard, guard_mode="off")[0]) == 2

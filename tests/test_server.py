@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from cai import guard
 from cai.config import TrainSettings
+from cai.lm import Job
 from cai.model import EMBEDDED, resolve_model
 from cai.serve import ServerError, ServeSettings, VLLMServer, command_line
 from cai.train import init_adapter
@@ -18,6 +20,11 @@ def test_command_line_is_loopback_keyed_and_lora_enabled():
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--api-key") + 1] == "k3y"
     assert "--enable-lora" in cmd and cmd[cmd.index("--max-lora-rank") + 1] == "8"
     assert "--trust-remote-code" not in cmd
+
+
+def test_the_guard_server_has_its_own_name_and_no_adapters():
+    cmd = command_line(ServeSettings(model="m", served_name="guard", enable_lora=False), 8012, "k")
+    assert cmd[cmd.index("--served-model-name") + 1] == "guard" and "--enable-lora" not in cmd
 
 
 def test_port_in_use_is_refused_before_starting(tmp_path):
@@ -40,6 +47,9 @@ def test_serve_and_hot_load_an_adapter(tmp_path):
         server.load_adapter("stage1", adapter)
         assert "stage1" in server.models()
         assert server.complete("stage1", "Name a colour.", max_tokens=8).strip()
+        # the model as its own guard: structured outputs hold it to Llama Guard's verdict grammar
+        check = guard.Guard("self", server.api_base, server.api_key, "stage1", 60)
+        assert check(Job("g", {"user": "Name a colour.", "agent": "Blue."}), seed=1)["verdict"]["parsed"]
         with pytest.raises(ServerError, match="swap: loading adapter stage2"):
             server.load_adapter("stage2", tmp_path / "no-such-adapter")
         process = server.process

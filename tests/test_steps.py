@@ -40,7 +40,7 @@ def test_propose_keeps_distinct_tasks_and_drops_near_duplicates(ctx, monkeypatch
     script(monkeypatch, {"Kind:": "List three things to check before riding a bicycle today."})
     stats = bootstrap.propose(ctx, st, "stage0")
     tasks = [t for t in bootstrap._read(ctx.run, 1, "tasks")]
-    assert stats["generated_duplicates"] == 3 and stats["generated_kept"] == 0 and len(tasks) == 2
+    assert stats["dropped_duplicate"] == 3 and stats["kept"] == 0 and stats["proposed"] == 3 and len(tasks) == 2
     assert all(t["source"] == "seed" and t["constraint"]["instruction_id"] and t["prompt"].startswith(t["request"]) for t in tasks)
 
 
@@ -50,7 +50,7 @@ def test_propose_keeps_a_new_task_once(ctx, monkeypatch):
     stats = bootstrap.propose(ctx, st, "stage0")
     tasks = bootstrap._read(ctx.run, 1, "tasks")
     # the second proposal repeats the first word for word: only one is kept
-    assert [t["id"] for t in tasks] == ["s1-gen0000"] and stats["generated_duplicates"] == 1
+    assert [t["id"] for t in tasks] == ["s1-gen0000"] and stats["dropped_duplicate"] == 1
 
 
 def test_propose_with_nothing_usable_names_the_step(ctx, monkeypatch):
@@ -72,3 +72,55 @@ def test_judge_is_not_asked_where_the_checker_decides(ctx, monkeypatch):
     stats = bootstrap.judge(ctx, stage(1), "stage0", tasks)
     assert stats["skipped_checker_decides"] == 1 and stats["requested"] == 2
     assert {j["id"] for j in ctx.run.records(1, "judgments")} == {"s1-seed01-r0-v-ab", "s1-seed01-r0-v-ba"}
+
+
+def test_later_proposal_rounds_are_shown_tasks_the_model_wrote(ctx, monkeypatch):
+    st = stage(1, proposed=4, seeds_used=0, proposal_rounds=2, pool_examples=1, examples_shown=3)
+    replies = iter(["Describe how a sailboat can move against the wind.", "Explain why bread dough needs to rest before baking.",
+                    "Compare two ways of storing fresh herbs in a small kitchen.", "Suggest a weekly plan for watering indoor plants."])
+    prompts = []
+
+    def lm(self, sampling, seed):
+        class Scripted(DummyLM):
+            def forward(self, prompt=None, messages=None, **kwargs):
+                prompts.append(messages[-1]["content"])
+                return super().forward(prompt=prompt, messages=messages, **kwargs)
+        return Scripted([{"out": next(replies)}], adapter=PlainAdapter())
+
+    monkeypatch.setattr(Endpoint, "lm", lm)
+    monkeypatch.setattr(ctx, "concurrency", 1)
+    stats = bootstrap.propose(ctx, st, "stage0")
+    assert stats["kept"] == 4
+    first_round, second_round = prompts[:2], prompts[2:]
+    written = ("sailboat", "bread dough")
+    assert not any(w in p for p in first_round for w in written)
+    assert all(any(w in p for w in written) for p in second_round)
+
+
+def test_the_guard_step_keeps_flagged_items_out_of_pairs_jsonl(ctx, monkeypatch):
+    from cai import guard
+    from cai.store import read_jsonl
+
+    no_comma = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
+    tasks = [{"id": f"s1-seed0{i}", "source": "seed", "prompt": f"Name {kind}. Use no commas.", "constraint": no_comma}
+             for i, kind in enumerate(["fruits", "weapons"])]
+    responses = ctx.run.records(1, "responses")
+    for t in tasks:
+        for k, text in enumerate(["apple, pear", "apple and pear"]):
+            responses.append({"id": f"{t['id']}-r{k}", "task_id": t["id"], "sample": k, "ok": True, "response": text, "model": "stage0"})
+
+    def scripted_guard(self, job, seed):  # flags the second task's prompt only
+        flagged = "weapons" in job.inputs["user"] and job.inputs["agent"] is None
+        return {"model": "stage0", "ok": True, "verdict": guard.parse_verdict("unsafe\nS9" if flagged else "safe"),
+                "tokens": {"prompt": 1, "completion": 1}}
+
+    monkeypatch.setattr(guard.Guard, "__call__", scripted_guard)
+    ctx.guard = ctx.guard.model_copy(update={"mode": "self"})
+    ctx.run.manifest["stages"] = {}
+    stats = bootstrap.safety_check(ctx, stage(1), "stage0", tasks)
+    assert stats["requested"] == 6 and stats["unsafe"] == 1 and stats["unsafe_prompts"] == 1
+    bootstrap.make_pairs(ctx, stage(1), tasks)
+    pairs = read_jsonl(ctx.run.stage_dir(1) / "pairs.jsonl")
+    dropped = read_jsonl(ctx.run.stage_dir(1) / "safety.jsonl")
+    assert [p["provenance"]["task_id"] for p in pairs] == ["s1-seed00"]
+    assert [(d["task_id"], d["reason"]) for d in dropped] == [("s1-seed01", "prompt: unsafe (S9)")]

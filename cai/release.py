@@ -1,0 +1,174 @@
+"""The staged release of a run (code -> data -> weights): the pairs as a dataset folder
+with its card, and a model card for the adapters. Both are rebuilt from the run folder
+alone, so they say only what the run recorded.
+
+    python bootstrap.py export --run NAME [--out DIR]
+    datasets.load_dataset("DIR/dataset")   # one split a stage
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from cai.store import Run, read_jsonl, write_jsonl_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+GUARD_SAYS = {
+    "llama-guard": "Llama Guard 3 ({model}) classified every prompt and both answers of every pair; anything flagged, "
+                   "or without a verdict that parsed, was dropped (see each stage's `safety.jsonl`).",
+    "self": "**Weak safety filter.** No Llama Guard model was at hand: the policy model itself was asked Llama Guard 3's "
+            "question in its format. At 135M parameters it calls almost everything safe (it passed a pipe-bomb request), "
+            "so treat this data as unfiltered for harm. Items it did flag, or whose verdict did not parse, were dropped.",
+    "off": "**Unfiltered.** No safety filter ran on this data.",
+}
+
+
+def use_terms() -> str:
+    """Section 2 of the LICENSE (weights and data), so cards and license never disagree."""
+    text = (ROOT / "LICENSE").read_text()
+    start = text.index("2. Weights and data")
+    return textwrap.dedent(text[start:].split("\n", 1)[1]).strip()
+
+
+def _stages(run: Run) -> list[int]:
+    return sorted(int(k[5:]) for k, v in run.manifest.get("stages", {}).items()
+                  if k != "stage0" and (v.get("steps", {}).get("pairs", {}).get("status") == "done"))
+
+
+def _guard_mode(run: Run) -> tuple[str, str | None]:
+    profile = run.manifest["config"]["profile"]
+    guard = run.manifest["snapshot"]["curriculum"]["profiles"][profile].get("guard") or {}
+    return guard.get("mode", "off"), guard.get("model")
+
+
+def _yaml_header(meta: dict) -> str:
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n"
+
+
+def write_dataset(run: Run, out: Path) -> Path:
+    """`out/data/stageN.jsonl` and `out/README.md`, a card whose `configs` make one split a stage."""
+    stages = _stages(run)
+    for n in stages:
+        write_jsonl_atomic(out / "data" / f"stage{n}.jsonl", read_jsonl(run.stage_dir(n) / "pairs.jsonl"))
+    mode, guard_model = _guard_mode(run)
+    cfg = run.manifest["config"]
+    snapshot = run.manifest["snapshot"]["curriculum"]
+    rows = []
+    for n in stages:
+        steps = run.stage(n)["steps"]
+        propose, pairs, guard = steps.get("propose", {}), steps.get("pairs", {}), steps.get("guard", {})
+        dropped_judge = sum(v for k, v in pairs.items() if k.startswith("dropped_judge"))
+        rows.append(f"| stage{n} | {propose.get('proposed', '-')} | {propose.get('kept', '-')} | {propose.get('tasks', '-')} "
+                    f"| {pairs.get('pairs', 0)} | {dropped_judge} | {pairs.get('dropped_best_of_n_not_separated', 0)} "
+                    f"| {pairs.get('dropped_unsafe', 0)} | {guard.get('unsafe', '-')} |")
+    header = _yaml_header({
+        "license": "openrail",
+        "language": ["en"],
+        "tags": ["dpo", "preference", "constitutional-ai", "synthetic"],
+        "pretty_name": f"cai-bootstrap pairs: {run.manifest['run']}",
+        "configs": [{"config_name": "default",
+                     "data_files": [{"split": f"stage{n}", "path": f"data/stage{n}.jsonl"} for n in stages]}],
+    })
+    card = f"""{header}# Preference pairs from the run `{run.manifest['run']}`
+
+Made with no human in the loop by cai-bootstrap: the model `{cfg['model']}`
+(profile `{cfg['profile']}`, seed {cfg['seed']}) wrote tasks, answered them, critiqued and revised its
+answers against a constitution, and each stage's pairs trained the adapter that did the next stage's work.
+
+Load: `datasets.load_dataset("{out}")`, one split a stage. Each row is TRL's conversational preference
+format: `prompt` (the exact messages the policy was sent), `chosen`, `rejected`, and `provenance` (task and
+its source, principle, critique, the judge's verdicts and margins in both orders, the constraint and whether
+each side kept it, the guard's verdicts, and the adapter and prompt version that produced each side).
+
+## How pairs were chosen
+
+- Tasks: seed tasks of the stage's type from `curriculum.yaml` plus tasks the model proposed; a proposal
+  whose ROUGE-L against the pool exceeded the stage's threshold (default {snapshot['defaults'].get('dedupe_threshold')})
+  was dropped as a near-duplicate.
+- `best_of_n` pairs: two answers to the same task that lm-eval's IFEval checkers separate (one keeps the
+  task's rule, one breaks it).
+- `revision` pairs: an answer against its constitutional revision, decided by the checker where it can,
+  else by the model as judge, only where it named the same side in both orders with a margin of at least
+  the stage's `judge_margin` (default {snapshot['defaults'].get('judge_margin')}).
+- Safety: {GUARD_SAYS[mode].format(model=guard_model)}
+
+| stage | proposed | proposals kept | tasks | pairs | dropped by judge | not separated by the checker | dropped by guard | items flagged |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+## Limitations
+
+Everything here was written and judged by the model being trained. The checkers are exact about the rules
+they check (case, commas, word counts, endings, lists) and blind to everything else: a chosen answer can keep
+its rule and still be off topic, short or wrong. Read pairs before training on them.
+
+## License and use
+
+{use_terms()}
+
+Constitution sha256 `{cfg['constitution_sha256']}`, curriculum sha256 `{cfg['curriculum_sha256']}`;
+package versions: {json.dumps(run.manifest.get('versions', {}))}.
+"""
+    (out / "README.md").write_text(card)
+    return out
+
+
+def write_model_card(run: Run, out: Path) -> Path:
+    """`out/README.md`: the adapters of the run, what trained them and what the suites measured."""
+    cfg = run.manifest["config"]
+    rows = []
+    for n in range(0, 7):
+        eval_path = run.stage_dir(n) / "eval.json"
+        if not eval_path.exists():
+            continue
+        scores = json.loads(eval_path.read_text())
+        suite = scores.get("instruction_following", {})
+        train = run.stage(n).get("steps", {}).get("train", {}) if n else {}
+        adapter = "base" if n == 0 else f"`stage{n}/adapter`"
+        promoted = "-" if n == 0 else ("yes" if run.stage(n).get("promoted") else "no")
+        rows.append(f"| stage{n} | {adapter} | {promoted} | {train.get('pairs_used', '-')} | {train.get('loss_last', '-')} "
+                    f"| {suite.get('score', '-')} [{suite.get('low', '-')}, {suite.get('high', '-')}] (n={suite.get('n', '-')}) |")
+    mode, guard_model = _guard_mode(run)
+    header = _yaml_header({"license": "openrail", "base_model": cfg["model"], "library_name": "peft",
+                           "tags": ["dpo", "lora", "constitutional-ai"]})
+    card = f"""{header}# LoRA adapters from the run `{run.manifest['run']}`
+
+Base model: `{cfg['model']}` (its own license applies as well). One PEFT LoRA adapter a stage, each trained
+with TRL's DPO (or ORPO) on that stage's pairs (`release/dataset`), continuing the previous stage's adapter
+with the previous policy as reference. vLLM loads them with `--enable-lora`; transformers with
+`peft.PeftModel.from_pretrained(base, "stageN/adapter")`.
+
+| stage | adapter | promoted | pairs | last loss | instruction following, strict [95% interval] |
+| --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+## Intended use
+
+Research on self-alignment: studying what a model learns from its own critiques, revisions and verdicts, and
+what that costs. Not for deployment as an assistant: no human reviewed the training data, and the safety
+filter was `{mode}`{f" ({guard_model})" if guard_model else ""}. {GUARD_SAYS[mode].format(model=guard_model)}
+
+## Limitations
+
+A small base model (the CPU default has 135M parameters) shows whether the loop runs, not that it aligns:
+read the intervals before reading a change. A model trained on its own verdicts learns to game them;
+look at relevance and length beside compliance.
+
+## License and use
+
+{use_terms()}
+"""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "README.md").write_text(card)
+    return out
+
+
+def export(run: Run, out: Path) -> Path:
+    """The dataset folder and the model card under `out` (default: the run's `release/`)."""
+    write_dataset(run, out / "dataset")
+    write_model_card(run, out / "model")
+    return out
