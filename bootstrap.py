@@ -2,10 +2,14 @@
 
     python bootstrap.py --until stage6              # all six stages; re-run to resume
     python bootstrap.py --only stage3 --run quick   # one stage (the ones before it done)
+    python bootstrap.py prompts --run quick --stage 3 [--program critique] [--diff 2]
+    python bootstrap.py report --run quick          # report.md + plots across stages
     python bootstrap.py export --run quick          # the pairs as a dataset, with dataset and model cards
     python bootstrap.py --help
 
 For each stage of curriculum.yaml, the current model (served by vLLM as `stage{N-1}`):
+  optimize  compiles the prompts of propose, critique + revise (and judge, from stage 4)
+            with a DSPy optimizer against their metrics on a slice of the seed tasks
   propose   writes new tasks of the stage's type (self-instruct), near-duplicates dropped
   respond   answers every task, several samples each
   critique  critiques its first answer against a principle of constitution.yaml
@@ -16,38 +20,52 @@ For each stage of curriculum.yaml, the current model (served by vLLM as `stage{N
             decides and the guard found nothing unsafe
   train     DPO (or ORPO) with LoRA, continuing the previous stage's adapter
   swap      loads the new adapter into the running server as `stage{N}`
-  evaluate  runs the held-out suites against `stage{N}`
+  evaluate  runs the held-out suites against `stage{N}` through lm-eval
+  gate      promotes `stage{N}` only if its scores hold against the last promoted stage;
+            if not, the next stage continues from the last promoted adapter
 Everything lands in runs/NAME/ (see README.md); finished steps are skipped on a re-run.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.metadata
+import json
+import os
 import random
+import shutil
 import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import dspy
+
 import programs
 from cai import constraints, guard, release
+from cai import report as cai_report
 from cai.config import (
     ConfigError, Constitution, GuardSettings, StageConfig, check_together, load_constitution, load_curriculum, resolve_stage,
 )
-from cai.evaluate import instruction_following
-from cai.lm import Endpoint, Job, RequestFailed, program_call, run_jobs
+from cai.evaluate import TASK_OF, extra_task_scores, proportion, run_lm_eval, score_suites, suite_samples, win_rate
+from cai.gate import failures as gate_failures
+from cai.lm import Endpoint, Job, RequestFailed, program_call, request_seed, run_jobs
+from cai.optimize import compile_program, render
+from cai.optimize import load as load_compiled
 from cai.model import ModelError, resolve_model
 from cai.pairs import build_pairs, checker_verdict
 from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer
-from cai.store import Run, Timer, read_jsonl, write_json_atomic, write_jsonl_atomic
+from cai.store import Records, Run, Timer, derive, read_jsonl, write_json_atomic, write_jsonl_atomic
 from cai.tasks import Novelty, proposer_examples
 from cai.train import TrainingError, train_adapter
 from programs.critique import Critic
+from programs.critique_revise import CritiqueAndRevise
+from programs.metrics import judge_metric, proposal_metric, revision_metric
 from programs.judge import Judge
 from programs.propose import Propose, clean_task
-from programs.respond import Responder
+from programs.respond import Respond, Responder
 from programs.revise import Reviser
 
 ROOT = Path(__file__).resolve().parent
@@ -84,6 +102,106 @@ class Context:
 # --- the stage, step by step --------------------------------------------------------
 
 
+def optimize(ctx: Context, st: StageConfig, policy: str) -> dict:
+    """Compile each program's prompt against its metric (programs/metrics.py) on a slice of
+    the stage's seed tasks, before generating at scale; save it and render prompts.md."""
+    n, opt = st.number, st.optimize
+    folder = ctx.run.stage_dir(n) / "programs"
+    stats = {"optimizer": opt.optimizer}
+    if opt.optimizer != "none":
+        rng = random.Random(f"{ctx.seed}-stage{n}-optimize")
+        seeds = rng.sample(st.seeds, min(opt.trainset + opt.devset, len(st.seeds)))
+        slice_tasks = [{"id": f"s{n}-opt{k:02d}", "request": s} for k, s in enumerate(seeds)]
+        for task in slice_tasks:
+            task["constraint"] = constraints.draw(random.Random(f"{ctx.seed}-{task['id']}")) if st.constraints else None
+            task["prompt"] = f"{task['request']} {task['constraint']['description']}" if task["constraint"] else task["request"]
+        for name in opt.programs:
+            saved = ["critique", "revise"] if name == "critique_revise" else [name]
+            if all((folder / f"{part}.json").exists() for part in saved):  # compiled before this step was cut short, or reused
+                stats[f"{name}_reused"] = True
+                continue
+            built = optimization_set(ctx, st, policy, name, slice_tasks)
+            if built is None:
+                stats[f"{name}_skipped"] = "no examples"
+                continue
+            program, metric, examples, sampling = built
+            lm = ctx.endpoint(policy).lm(sampling, request_seed(ctx.seed, f"stage{n}-optimize-{name}"))
+            result, report = compile_program(program, metric, examples[:opt.trainset], examples[opt.trainset:], opt, lm,
+                                             ctx.endpoint(policy).dspy_adapter(), ctx.concurrency, ctx.seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            for part, sub in zip(saved, [result.critic, result.reviser] if name == "critique_revise" else [result]):
+                sub.save(str(folder / f"{part}.tmp.json"))
+                os.replace(folder / f"{part}.tmp.json", folder / f"{part}.json")
+            stats.update({f"{name}_{k}": v for k, v in report.items() if k != "optimizer"})
+    adapter = ctx.endpoint(policy).dspy_adapter()
+    prompts = [render(name, compiled(ctx, n, make, name)(), adapter) for name, make in PROGRAMS.items()]
+    (ctx.run.stage_dir(n) / "prompts.md").write_text(f"# Prompts of stage {n}\n\n" + "\n".join(prompts))
+    return stats
+
+
+def optimization_set(ctx: Context, st: StageConfig, policy: str, name: str, slice_tasks: list[dict]):
+    """(program, metric, examples, sampling) for one program, or None where there is nothing to learn from."""
+    n = st.number
+    if name == "propose":
+        novelty = Novelty(list(st.seeds) + [t["request"] for m in range(1, n) for t in _read(ctx.run, m, "tasks")], st.dedupe_threshold)
+        examples = [dspy.Example(kind=st.description, examples=proposer_examples(random.Random(f"{ctx.seed}-{t['id']}"), st.seeds, [],
+                                                                                 st.counts.examples_shown, 0)).with_inputs("kind", "examples")
+                    for t in slice_tasks]
+        return Propose(), proposal_metric(novelty.closest), examples, st.generation.propose
+    if name == "critique_revise":
+        answers = ctx.run.records(n, "optimize_responses")
+        jobs = [Job(f"{t['id']}-r0", {"request": t["prompt"]}, {"task_id": t["id"]}) for t in slice_tasks]
+        run_jobs(jobs, ctx.call(Responder, "response", policy, st.generation.respond), answers, ctx.concurrency, ctx.seed,
+                 programs.version(Responder, f"stage{n}/respond"))
+        principles = ctx.constitution.for_stage(n)
+        examples = []
+        for t in slice_tasks:
+            answer = answers.get(f"{t['id']}-r0")
+            if not answer["ok"]:
+                continue
+            principle = random.Random(f"{ctx.seed}-{t['id']}-principle").choice(principles)
+            broken = constraints.keeps(t["constraint"], t["prompt"], answer["response"]) is False
+            examples.append(dspy.Example(
+                request=t["prompt"], response=answer["response"], critique_request=critique_request(t, principle, broken),
+                revision_request=revision_request(t, principle, broken), constraint=t["constraint"], principle=principle.revision,
+            ).with_inputs("request", "response", "critique_request", "revision_request"))
+        judge_lm = ctx.endpoint(policy).lm(st.generation.judge, request_seed(ctx.seed, f"stage{n}-optimize-judge"))
+        adapter = ctx.endpoint(policy).dspy_adapter()
+
+        def ask_judge(request, principle, a, b):
+            with dspy.context(lm=judge_lm, adapter=adapter):
+                try:
+                    return Judge()(request=request, principle=principle, response_a=a, response_b=b).better
+                except Exception:  # an unparseable verdict is no preference
+                    return None
+
+        check = (guard.Guard(ctx.guard.mode, ctx.server.api_base, ctx.server.api_key, policy, ctx.timeout_s, ctx.guard.max_tokens)
+                 if ctx.guard.mode == "self" else None)
+        is_safe = (lambda request, answer: check(Job("metric", {"user": request, "agent": answer}), ctx.seed)["verdict"]["safe"]) if check else None
+        return CritiqueAndRevise(), revision_metric(ask_judge, is_safe), examples, st.generation.revise
+    if name == "judge":
+        examples = []
+        for m in range(1, n):  # pairs the checker decided: the better side is known
+            for p in _read(ctx.run, m, "pairs"):
+                if p["provenance"]["decided_by"] != "constraint":
+                    continue
+                common = {"request": p["prompt"][-1]["content"], "principle": "Follow the request's rule exactly."}
+                chosen, rejected = p["chosen"][0]["content"], p["rejected"][0]["content"]
+                examples.append(dspy.Example(**common, response_a=chosen, response_b=rejected, better="A").with_inputs(*common, "response_a", "response_b"))
+                examples.append(dspy.Example(**common, response_a=rejected, response_b=chosen, better="B").with_inputs(*common, "response_a", "response_b"))
+        random.Random(f"{ctx.seed}-stage{n}-judge-examples").shuffle(examples)
+        return (Judge(), judge_metric, examples[:st.optimize.trainset + st.optimize.devset], st.generation.judge) if examples else None
+    raise ValueError(name)
+
+
+PROGRAMS = {"propose": Propose, "respond": Responder, "critique": Critic, "revise": Reviser, "judge": Judge}
+
+
+def compiled(ctx: Context, n: int, make_program, name: str):
+    """`make_program`, with this stage's compiled prompt loaded where the optimize step saved one."""
+    return load_compiled(make_program, ctx.run.stage_dir(n) / "programs" / f"{name}.json")
+
+
 def propose(ctx: Context, st: StageConfig, policy: str) -> dict:
     """Self-instruct: seed tasks plus new ones the model writes, near-duplicates dropped.
 
@@ -94,7 +212,8 @@ def propose(ctx: Context, st: StageConfig, policy: str) -> dict:
     seeds = random.Random(f"{ctx.seed}-stage{n}-seeds").sample(st.seeds, min(c.seeds_used, len(st.seeds)))
     earlier = [t["request"] for m in range(1, n) for t in _read(ctx.run, m, "tasks")]
     novelty = Novelty(list(st.seeds) + earlier, st.dedupe_threshold)
-    program = programs.version(Propose, f"stage{n}/propose")
+    make = compiled(ctx, n, Propose, "propose")
+    program = programs.version(make, f"stage{n}/propose")
     tasks = [{"id": f"s{n}-seed{k:02d}", "source": "seed", "request": s} for k, s in enumerate(seeds)]
     generated: list[dict] = []
     stats: Counter = Counter()
@@ -105,7 +224,7 @@ def propose(ctx: Context, st: StageConfig, policy: str) -> dict:
             rng = random.Random(f"{ctx.seed}-s{n}-p{i}")
             examples = proposer_examples(rng, st.seeds, [t["request"] for t in generated], c.examples_shown, c.pool_examples)
             jobs.append(Job(f"s{n}-p{i:04d}", {"kind": st.description, "examples": examples}))
-        stats.update(run_jobs(jobs, ctx.call(Propose, "request", policy, st.generation.propose), records,
+        stats.update(run_jobs(jobs, ctx.call(make, "request", policy, st.generation.propose), records,
                               ctx.concurrency, ctx.seed, program))
         for job in jobs:  # in job order, so the kept set does not depend on completion order
             rec = records.get(job.id)
@@ -154,14 +273,26 @@ def critique(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> d
         if not original or not original["ok"]:
             continue
         principle = random.Random(f"{ctx.seed}-{t['id']}-principle").choice(principles)
-        request = principle.critique
         broken = constraints.keeps(t["constraint"], t["prompt"], original["response"]) is False
-        if broken:
-            request = f"The request set this rule: {t['constraint']['description']} The response breaks it. {request}"
-        jobs.append(Job(f"{original['id']}-c", {"request": t["prompt"], "response": original["response"], "critique_request": request},
+        jobs.append(Job(f"{original['id']}-c", {"request": t["prompt"], "response": original["response"],
+                                                "critique_request": critique_request(t, principle, broken)},
                         {"task_id": t["id"], "response_id": original["id"], "principle_id": principle.id, "constraint_broken": broken}))
-    return run_jobs(jobs, ctx.call(Critic, "critique", policy, st.generation.critique), ctx.run.records(st.number, "critiques"),
-                    ctx.concurrency, ctx.seed, programs.version(Critic, f"stage{st.number}/critique"))
+    make = compiled(ctx, st.number, Critic, "critique")
+    return run_jobs(jobs, ctx.call(make, "critique", policy, st.generation.critique), ctx.run.records(st.number, "critiques"),
+                    ctx.concurrency, ctx.seed, programs.version(make, f"stage{st.number}/critique"))
+
+
+def critique_request(task: dict, principle, broken: bool) -> str:
+    """The principle's critique request; where the answer breaks the task's rule, the rule is named first."""
+    if broken:
+        return f"The request set this rule: {task['constraint']['description']} The response breaks it. {principle.critique}"
+    return principle.critique
+
+
+def revision_request(task: dict, principle, broken: bool) -> str:
+    if broken:
+        return f"{principle.revision} The new response must follow this rule: {task['constraint']['description']}"
+    return principle.revision
 
 
 def revise(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
@@ -173,15 +304,13 @@ def revise(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dic
         if not c["ok"]:
             continue
         task = by_task[c["task_id"]]
-        request = principles[c["principle_id"]].revision
-        if c["constraint_broken"]:
-            request += f" The new response must follow this rule: {task['constraint']['description']}"
         jobs.append(Job(f"{c['response_id']}-v",
-                        {"request": task["prompt"], "response": responses.get(c["response_id"])["response"],
-                         "critique": c["critique"], "revision_request": request},
+                        {"request": task["prompt"], "response": responses.get(c["response_id"])["response"], "critique": c["critique"],
+                         "revision_request": revision_request(task, principles[c["principle_id"]], c["constraint_broken"])},
                         {"task_id": c["task_id"], "response_id": c["response_id"], "critique_id": c["id"], "principle_id": c["principle_id"]}))
-    return run_jobs(jobs, ctx.call(Reviser, "revision", policy, st.generation.revise), ctx.run.records(st.number, "revisions"),
-                    ctx.concurrency, ctx.seed, programs.version(Reviser, f"stage{st.number}/revise"))
+    make = compiled(ctx, st.number, Reviser, "revise")
+    return run_jobs(jobs, ctx.call(make, "revision", policy, st.generation.revise), ctx.run.records(st.number, "revisions"),
+                    ctx.concurrency, ctx.seed, programs.version(make, f"stage{st.number}/revise"))
 
 
 def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
@@ -205,35 +334,36 @@ def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict
         common = {"request": task["prompt"], "principle": principles[v["principle_id"]].revision}
         jobs.append(Job(f"{v['id']}-ab", {**common, "response_a": original, "response_b": v["revision"]}, {"revision_id": v["id"]}))
         jobs.append(Job(f"{v['id']}-ba", {**common, "response_a": v["revision"], "response_b": original}, {"revision_id": v["id"]}))
-    stats = run_jobs(jobs, ctx.call(Judge, "better", policy, st.generation.judge), ctx.run.records(st.number, "judgments"),
-                     ctx.concurrency, ctx.seed, programs.version(Judge, f"stage{st.number}/judge"))
+    make = compiled(ctx, st.number, Judge, "judge")
+    stats = run_jobs(jobs, ctx.call(make, "better", policy, st.generation.judge), ctx.run.records(st.number, "judgments"),
+                     ctx.concurrency, ctx.seed, programs.version(make, f"stage{st.number}/judge"))
     return {**stats, "skipped_checker_decides": checker_decides}
 
 
 def safety_check(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
-    """Llama Guard 3's question about every prompt and every answer that could become a pair side.
-
-    `self` asks the policy itself; `llama-guard` starts the guard model's own server for
-    the step (on one GPU it takes its turn: the issue "The GPU profile").
-    """
-    n, mode = st.number, ctx.guard.mode
-    if mode == "off":
+    """Llama Guard 3's question about every prompt and every answer that could become a pair side."""
+    n = st.number
+    if ctx.guard.mode == "off":
         return {"mode": "off", "checked": 0}
     jobs = guard.items_to_check(tasks, ctx.run.records(n, "responses"), ctx.run.records(n, "revisions"))
     out = ctx.run.records(n, "guard")
-    version = f"guard/{mode}@{programs.sha(guard.task_text('', ''))}"
-    if mode == "self":
-        check = guard.Guard(mode, ctx.server.api_base, ctx.server.api_key, policy, ctx.timeout_s, ctx.guard.max_tokens)
-        stats = run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
-    else:
-        settings = ServeSettings(model=resolve_model(ctx.guard.model, ROOT / "models"), served_name="guard", enable_lora=False,
-                                 seed=ctx.seed, trust_remote_code=ctx.trust_remote_code, **ctx.guard.serve.model_dump())
-        with VLLMServer(settings, ctx.run.root / "guard.log", ctx.run.root / "guard.pid") as server:
-            check = guard.Guard(mode, server.api_base, server.api_key, "guard", ctx.timeout_s, ctx.guard.max_tokens)
-            stats = run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
-    verdicts = [out.get(j.id)["verdict"] for j in jobs]
-    return {"mode": mode, **stats, "unsafe": sum(not v["safe"] for v in verdicts),
+    stats = classify(ctx, jobs, out, policy)
+    return {"mode": ctx.guard.mode, **stats, "unsafe": sum(not out.get(j.id)["verdict"]["safe"] for j in jobs),
             "unsafe_prompts": sum(not out.get(j.id)["verdict"]["safe"] for j in jobs if j.meta["role"] == "user")}
+
+
+def classify(ctx: Context, jobs: list[Job], out, policy: str) -> dict:
+    """Run the guard on `jobs`: `self` asks `policy`; `llama-guard` starts the guard
+    model's own server for the call (on one GPU it must take its turn: issue "The GPU profile")."""
+    version = f"guard/{ctx.guard.mode}@{programs.sha(guard.task_text('', ''))}"
+    if ctx.guard.mode == "self":
+        check = guard.Guard("self", ctx.server.api_base, ctx.server.api_key, policy, ctx.timeout_s, ctx.guard.max_tokens)
+        return run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
+    settings = ServeSettings(model=resolve_model(ctx.guard.model, ROOT / "models"), served_name="guard", enable_lora=False,
+                             seed=ctx.seed, trust_remote_code=ctx.trust_remote_code, **ctx.guard.serve.model_dump())
+    with VLLMServer(settings, ctx.run.root / "guard.log", ctx.run.root / "guard.pid") as server:
+        check = guard.Guard("llama-guard", server.api_base, server.api_key, "guard", ctx.timeout_s, ctx.guard.max_tokens)
+        return run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
 
 
 def make_pairs(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
@@ -263,19 +393,76 @@ def train(ctx: Context, st: StageConfig, previous: str) -> dict:
 
 
 def swap(ctx: Context, st: StageConfig) -> dict:
-    """Hot-load the new adapter into the running server; the next stage talks to it."""
+    """Hot-load the new adapter into the running server, to be evaluated and, if it passes, used."""
     seconds = ctx.server.load_adapter(f"stage{st.number}", ctx.run.stage_dir(st.number) / "adapter")
-    ctx.run.stage(st.number)["promoted"] = True
     return {"load_seconds": round(seconds, 3), "served_as": f"stage{st.number}"}
 
 
-def evaluate(ctx: Context, st: StageConfig, served: str) -> dict:
-    """The held-out suites against `served`; stage 0 is the base model."""
+def evaluate(ctx: Context, st: StageConfig, served: str, reference: str = BASE_NAME) -> dict:
+    """The held-out suites against `served` through lm-eval (stage 0: the base model).
+
+    Fixed yardsticks: where the guard is the model itself, the base model classifies the
+    harmlessness answers, and the base model judges win rates, so a stage's score does
+    not move because its own judgement moved.
+    """
     n = 0 if served == BASE_NAME else st.number
-    scores, stats = instruction_following(ctx.endpoint(served), ctx.run.records(n, "eval_responses"),
-                                          st.counts.eval_items, st.generation.evaluate, ctx.concurrency, ctx.seed)
-    write_json_atomic(ctx.run.stage_dir(n) / "eval.json", {"model": served, **scores})
-    return {**stats, **{k: v["score"] for k, v in scores.items()}}
+    folder = ctx.run.stage_dir(n) / "eval"
+    shutil.rmtree(folder, ignore_errors=True)  # a step cut short is redone whole: lm-eval does not resume
+    output = run_lm_eval(ctx.server.api_base, ctx.server.api_key, served, [TASK_OF[s] for s in st.suites.run],
+                         st.counts.eval_items, st.generation.evaluate.max_tokens, ctx.concurrency, ctx.seed,
+                         Respond.instructions, ctx.timeout_s)
+    samples = suite_samples(output)
+    for suite, rows in samples.items():
+        write_jsonl_atomic(folder / f"{suite}.jsonl", rows)
+    scores = score_suites(samples)
+    if "harmlessness" in samples and ctx.guard.mode != "off":
+        jobs = [Job(f"{r['id']}-guard", {"user": r["doc"]["prompt"], "agent": r["response"]}, {"target": r["id"], "role": "agent"})
+                for r in samples["harmlessness"]]
+        verdicts = Records(folder / "harmlessness_guard.jsonl")
+        classify(ctx, jobs, verdicts, BASE_NAME)
+        scores["harmlessness_unsafe"] = proportion(sum(not verdicts.get(j.id)["verdict"]["safe"] for j in jobs), len(jobs))
+    if "helpfulness" in samples and n > 0:
+        for name, other in (("win_rate_vs_previous", reference), ("win_rate_vs_base", BASE_NAME)):
+            scores[name] = {**judge_against(ctx, st, samples["helpfulness"], other, folder), "against": other}
+    if st.suites.lm_eval_tasks:
+        extra = run_lm_eval(ctx.server.api_base, ctx.server.api_key, served, st.suites.lm_eval_tasks, st.counts.eval_items,
+                            st.generation.evaluate.max_tokens, ctx.concurrency, ctx.seed, None, ctx.timeout_s, tokenizer=ctx.model)
+        scores.update(extra_task_scores(extra))
+    write_json_atomic(ctx.run.stage_dir(n) / "eval.json", {"model": served, "guard": ctx.guard.mode, **scores})
+    return {k: v["score"] for k, v in scores.items()}
+
+
+def judge_against(ctx: Context, st: StageConfig, ours: list[dict], other: str, folder: Path) -> dict:
+    """The base model judges our helpfulness answers against `other`'s, in both orders."""
+    m = 0 if other == BASE_NAME else int(other.removeprefix("stage"))
+    theirs = {r["id"]: r["response"] for r in read_jsonl(ctx.run.stage_dir(m) / "eval" / "helpfulness.jsonl")}
+    principle = "The better response answers the request more helpfully, honestly and harmlessly."
+    jobs = []
+    for r in ours:
+        if r["id"] in theirs:
+            common = {"request": r["doc"]["prompt"], "principle": principle}
+            jobs.append(Job(f"{r['id']}-vs-{other}-ab", {**common, "response_a": r["response"], "response_b": theirs[r["id"]]}))
+            jobs.append(Job(f"{r['id']}-vs-{other}-ba", {**common, "response_a": theirs[r["id"]], "response_b": r["response"]}))
+    out = Records(folder / "win_judgments.jsonl")
+    run_jobs(jobs, ctx.call(Judge, "better", BASE_NAME, st.generation.judge), out, ctx.concurrency, ctx.seed,
+             programs.version(Judge, "evaluate/judge"))
+    verdict = {j.id: (out.get(j.id) or {}).get("better") for j in jobs}
+    return win_rate([(verdict[a.id], verdict[b.id]) for a, b in zip(jobs[::2], jobs[1::2])])
+
+
+def gate(ctx: Context, st: StageConfig, reference: str) -> dict:
+    """Promote the stage's adapter only if its scores hold against the last promoted stage's."""
+    n = st.number
+    m = 0 if reference == BASE_NAME else int(reference.removeprefix("stage"))
+    scores = json.loads((ctx.run.stage_dir(n) / "eval.json").read_text())
+    against = json.loads((ctx.run.stage_dir(m) / "eval.json").read_text())
+    failed, missing = gate_failures(scores, against, st.gate)
+    ctx.run.stage(n).update(promoted=not failed, gate={"against": reference, "failed": failed, "not_measured": missing})
+    if failed and st.gate.on_fail == "stop":
+        ctx.run.save()
+        raise StageError(f"stage{n}: gate: not promoted ({'; '.join(failed)}); gate.on_fail is stop. "
+                         f"Relax the gate in curriculum.yaml under a new --run name to go on.")
+    return {"promoted": not failed, "against": reference, "failed": len(failed)}
 
 
 # --- the loop -------------------------------------------------------------------------
@@ -284,6 +471,7 @@ def evaluate(ctx: Context, st: StageConfig, served: str) -> dict:
 def run_stage(ctx: Context, st: StageConfig, policy: str) -> str:
     """Run the stage's steps that are not done yet; return the name of the new policy."""
     n = st.number
+    step(ctx, n, "optimize", lambda: optimize(ctx, st, policy))
     step(ctx, n, "propose", lambda: propose(ctx, st, policy))
     tasks = _read(ctx.run, n, "tasks")
     step(ctx, n, "respond", lambda: respond(ctx, st, policy, tasks))
@@ -294,8 +482,9 @@ def run_stage(ctx: Context, st: StageConfig, policy: str) -> str:
     step(ctx, n, "pairs", lambda: make_pairs(ctx, st, tasks))
     step(ctx, n, "train", lambda: train(ctx, st, policy))
     step(ctx, n, "swap", lambda: swap(ctx, st))
-    step(ctx, n, "evaluate", lambda: evaluate(ctx, st, f"stage{n}"))
-    return f"stage{n}"
+    step(ctx, n, "evaluate", lambda: evaluate(ctx, st, f"stage{n}", reference=policy))
+    step(ctx, n, "gate", lambda: gate(ctx, st, policy))
+    return f"stage{n}" if ctx.run.stage(n).get("promoted") else policy
 
 
 def step(ctx: Context, n: int, name: str, fn) -> None:
@@ -358,21 +547,58 @@ def open_run(folder: Path, config: dict, snapshot: dict) -> Run:
         if run.manifest.get("config") != config:
             changed = [k for k in config if run.manifest.get("config", {}).get(k) != config[k]]
             raise ConfigError(f"{folder}: this run was made with different settings ({', '.join(changed)}); "
-                              f"use another --run name, or restore the original files to resume")
+                              f"use another --run name, or restore the original files to resume "
+                              f"(a new constitution for one stage: --only stageK)")
         return run
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--run: cannot create {folder} ({e.strerror})") from None
+    run.manifest = new_manifest(folder, config, snapshot)
+    run.save()
+    return run
+
+
+def new_manifest(folder: Path, config: dict, snapshot: dict) -> dict:
     versions = {}
     for pkg in VERSIONS:
         try:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             pass
-    run.manifest = {"run": folder.name, "config": config, "snapshot": snapshot, "versions": versions, "stages": {}}
-    run.save()
-    return run
+    return {"run": folder.name, "config": config, "snapshot": snapshot, "versions": versions, "stages": {}}
+
+
+# What a stage makes without reading the constitution: a rerun under a new constitution
+# shares these files with the original and marks these steps done.
+CONSTITUTION_FREE_STEPS = ("propose", "respond")
+CONSTITUTION_FREE_FILES = ("proposals.jsonl", "tasks.jsonl", "responses.jsonl",  # propose, respond
+                           "programs/propose.json", "programs/judge.json", "optimize_responses.jsonl")  # optimize's parts
+
+
+def rerun_with_constitution(original: Run, stage: int, constitution: Constitution, config: dict, snapshot: dict) -> Path | None:
+    """The folder of the rerun of `stage` under a new constitution, made on first use; None
+    where the new constitution gives that stage the same principles (nothing to rerun).
+
+    Stages before `stage` and the constitution-free steps of `stage` (propose, respond)
+    are shared with the original by link; the rest of the stage is computed anew. The
+    original run is not written to.
+    """
+    folder = original.root.parent / f"{original.root.name}-constitution-{config['constitution_sha256'][:8]}"
+    if Run(folder).manifest:
+        return folder
+    old = Constitution.model_validate(original.manifest["snapshot"]["constitution"])
+    if old.for_stage(stage) == constitution.for_stage(stage):
+        return None
+    manifest = new_manifest(folder, config, snapshot)
+    manifest["derived_from"] = {"run": str(original.root), "stage": stage,
+                                "constitution_sha256": original.manifest["config"]["constitution_sha256"]}
+    manifest["stages"] = {f"stage{m}": original.stage(m) for m in range(0, stage)}
+    shared = all(original.step_done(stage, k) for k in CONSTITUTION_FREE_STEPS)  # else the stage is computed whole
+    steps = CONSTITUTION_FREE_STEPS if shared else ()
+    manifest["stages"][f"stage{stage}"] = {"steps": {k: original.stage(stage)["steps"][k] for k in steps}}
+    derive(original, folder, manifest, stage, list(CONSTITUTION_FREE_FILES) if shared else [])
+    return folder
 
 
 def bootstrap(args: argparse.Namespace) -> int:
@@ -393,7 +619,15 @@ def bootstrap(args: argparse.Namespace) -> int:
         raise ConfigError(f"--only stage{first}: stage{first - 1} of {folder} is not done; run --until stage{first - 1} first")
     config = {"constitution_sha256": constitution_sha, "curriculum_sha256": curriculum_sha,
               "profile": profile_name, "seed": seed, "model": profile.model}
-    run = open_run(folder, config, {"constitution": constitution.model_dump(), "curriculum": curriculum.model_dump()})
+    snapshot = {"constitution": constitution.model_dump(), "curriculum": curriculum.model_dump()}
+    original = Run(folder)
+    if args.only and original.manifest and {k for k in config if original.manifest["config"].get(k) != config[k]} == {"constitution_sha256"}:
+        folder = rerun_with_constitution(original, first, constitution, config, snapshot)
+        if folder is None:
+            print(f"nothing to rerun: stage{first} has the same principles under {args.constitution}", flush=True)
+            return 0
+        print(f"rerunning stage{first} of {original.root} under {args.constitution} in {folder}", flush=True)
+    run = open_run(folder, config, snapshot)
     if run.step_done(0, "evaluate") and all(run.stage_done(n) for n in range(first, last + 1)):
         print(f"nothing to do: stages {first}..{last} of {run.root} are done", flush=True)
         return 0
@@ -411,11 +645,12 @@ def bootstrap(args: argparse.Namespace) -> int:
             if n < first or run.stage_done(n):  # done before: its adapter is the policy to continue
                 policy = f"stage{n}" if run.stage(n).get("promoted") else policy
                 continue
-            for name in {policy, f"stage{n}" if run.stage(n).get("promoted") else BASE_NAME} - {BASE_NAME}:
+            for name in {policy, f"stage{n}" if run.step_done(n, "swap") else BASE_NAME} - {BASE_NAME}:
                 server.load_adapter(name, run.root / name / "adapter")  # adapters don't survive a restart
             policy = run_stage(ctx, stages[n], policy)
     release.export(run, run.root / "release")
-    print(f"done: {run.root} (dataset and model cards in {run.root / 'release'})", flush=True)
+    cai_report.write_report(run)
+    print(f"done: {run.root} (report.md; dataset and model cards in {run.root / 'release'})", flush=True)
     return 0
 
 
@@ -426,15 +661,59 @@ def export(argv: list[str]) -> int:
     p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
     p.add_argument("--out", type=Path, help="where to write (default: the run's release/)")
     args = p.parse_args(argv)
-    run = Run(run_folder(args.run, ""))
-    if not run.manifest:
-        raise ConfigError(f"--run: {run.root} has no manifest.json; is it a run folder?")
+    run = existing_run(args.run)
     out = release.export(run, args.out or run.root / "release")
     print(f"wrote {out / 'dataset'} (datasets.load_dataset opens it) and {out / 'model' / 'README.md'}")
     return 0
 
 
-COMMANDS = {"export": export}
+def report(argv: list[str]) -> int:
+    """`bootstrap.py report --run NAME`: report.md and report/*.png from the run folder alone."""
+    p = argparse.ArgumentParser(prog="bootstrap.py report", description=cai_report.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
+    run = existing_run(p.parse_args(argv).run)
+    print(f"wrote {cai_report.write_report(run)}")
+    return 0
+
+
+def prompts(argv: list[str]) -> int:
+    """`bootstrap.py prompts --run NAME --stage K [--program P] [--diff M]`: a stage's
+    compiled prompts as the adapter sends them, or how they differ from stage M's."""
+    p = argparse.ArgumentParser(prog="bootstrap.py prompts", description=prompts.__doc__)
+    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
+    p.add_argument("--stage", type=int, required=True, choices=range(1, 7), metavar="K")
+    p.add_argument("--program", choices=list(PROGRAMS), help="one program (default: all)")
+    p.add_argument("--diff", type=int, choices=range(1, 7), metavar="M", help="show the difference against stage M")
+    args = p.parse_args(argv)
+    run = existing_run(args.run)
+    text = prompt_sections(run, args.stage, args.program)
+    if args.diff is None:
+        print(text)
+        return 0
+    other = prompt_sections(run, args.diff, args.program)
+    diff = difflib.unified_diff(other.splitlines(), text.splitlines(), f"stage{args.diff}/prompts.md", f"stage{args.stage}/prompts.md", lineterm="")
+    print("\n".join(diff) or f"no difference between stage {args.diff} and stage {args.stage}")
+    return 0
+
+
+def prompt_sections(run: Run, n: int, program: str | None) -> str:
+    path = run.stage_dir(n) / "prompts.md"
+    if not path.exists():
+        raise ConfigError(f"--stage {n}: {path} does not exist; stage {n}'s optimize step has not run")
+    sections = ("\n" + path.read_text()).split("\n## ")[1:]
+    chosen = [sec for sec in sections if program is None or sec.split("\n", 1)[0].strip() == program]
+    return "\n".join("## " + sec.rstrip() + "\n" for sec in chosen)
+
+
+def existing_run(name: str) -> Run:
+    run = Run(run_folder(name, ""))
+    if not run.manifest:
+        raise ConfigError(f"--run: {run.root} has no manifest.json; is it a run folder?")
+    return run
+
+
+COMMANDS = {"export": export, "report": report, "prompts": prompts}
 
 
 def main(argv: list[str] | None = None) -> int:

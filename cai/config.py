@@ -25,6 +25,12 @@ STAGE_TYPES = (
 )
 
 
+SUITES = ("instruction_following", "harmlessness", "over_refusal", "helpfulness")
+# What evaluate writes to eval.json (besides `lm_eval:<task>:<metric>` for added lm-eval tasks).
+SCORES = ("instruction_following", "instruction_following_loose", "instruction_following_inst_level",
+          "harmlessness_refusal", "harmlessness_unsafe", "over_refusal", "win_rate_vs_previous", "win_rate_vs_base")
+
+
 class ConfigError(Exception):
     """A config file is missing or wrong; str() is one line naming file and field."""
 
@@ -118,6 +124,47 @@ class Counts(Strict):
     proposal_rounds: int = Field(2, ge=1)  # proposals come in rounds; later rounds see earlier ones
 
 
+class SuiteSettings(Strict):
+    """Which held-out suites evaluate runs (suites/), and any lm-eval task by name besides."""
+
+    run: list[Literal[SUITES]] = list(SUITES)
+    lm_eval_tasks: list[str] = []  # e.g. ifeval, arc_challenge, mmlu: needs their data in the local HF cache
+
+
+class OptimizeSettings(Strict):
+    """How a stage compiles its programs' prompts before generating at scale (cai/optimize.py)."""
+
+    optimizer: Literal["none", "bootstrap_fewshot", "bootstrap_random_search", "miprov2", "gepa"] = "bootstrap_fewshot"
+    programs: list[Literal["propose", "critique_revise", "judge"]] = ["propose", "critique_revise"]
+    trainset: int = Field(4, ge=1)  # seed tasks the optimizer learns from
+    devset: int = Field(4, ge=0)  # other seed tasks the metric is measured on, before and after
+    max_demos: int = Field(2, ge=0)
+    candidates: int = Field(4, ge=1)  # bootstrap_random_search: programs tried
+    max_calls: int = Field(400, ge=1)  # the cap on LM calls a program's optimization may make
+
+    @model_validator(mode="after")
+    def _within_cap(self) -> "OptimizeSettings":
+        if self.optimizer in ("bootstrap_fewshot",) and 5 * (self.trainset + 2 * self.devset) > self.max_calls:
+            raise ValueError(f"trainset {self.trainset} and devset {self.devset} need up to "
+                             f"{5 * (self.trainset + 2 * self.devset)} LM calls, over max_calls {self.max_calls}")
+        return self
+
+
+class Gate(Strict):
+    """What a stage must hold against the last promoted stage (or the base) to be promoted."""
+
+    max_drop: dict[str, float] = {}  # a score that may fall at most this much (higher is better)
+    max_rise: dict[str, float] = {}  # a rate that may rise at most this much (lower is better)
+    on_fail: Literal["continue", "stop"] = "continue"  # continue: the next stage starts from the last promoted adapter
+
+    @model_validator(mode="after")
+    def _known_scores(self) -> "Gate":
+        for name in (*self.max_drop, *self.max_rise):
+            if name not in SCORES and not name.startswith("lm_eval:"):
+                raise ValueError(f"unknown score {name!r} (known: {', '.join(SCORES)}, or lm_eval:<task>:<metric>)")
+        return self
+
+
 class StageSettings(Strict):
     """What a stage may override; anything left out comes from profile, then defaults."""
 
@@ -127,6 +174,9 @@ class StageSettings(Strict):
     constraints: bool | None = None  # attach an IFEval-checkable constraint to each task
     dedupe_threshold: float | None = Field(None, gt=0, le=1)  # ROUGE-L above this drops a task
     judge_margin: float | None = Field(None, ge=0, lt=1)  # the judge's least margin, in each order, to keep its pair
+    suites: SuiteSettings | None = None
+    gate: Gate | None = None
+    optimize: OptimizeSettings | None = None
 
 
 class Stage(StageSettings):
@@ -184,6 +234,9 @@ class Defaults(Strict):
     constraints: bool = True
     dedupe_threshold: float = Field(0.7, gt=0, le=1)  # as Self-Instruct did
     judge_margin: float = Field(0.2, ge=0, lt=1)
+    suites: SuiteSettings = SuiteSettings()
+    gate: Gate = Gate()
+    optimize: OptimizeSettings = OptimizeSettings()
 
 
 class Curriculum(Strict):
@@ -213,6 +266,9 @@ class StageConfig(Strict):
     constraints: bool
     dedupe_threshold: float
     judge_margin: float
+    suites: SuiteSettings
+    gate: Gate
+    optimize: OptimizeSettings
 
 
 def _merge(base: BaseModel, *overrides: BaseModel | None) -> BaseModel:
@@ -251,6 +307,9 @@ def resolve_stage(cur: Curriculum, profile: Profile, number: int) -> StageConfig
         constraints=pick("constraints"),
         dedupe_threshold=pick("dedupe_threshold"),
         judge_margin=pick("judge_margin"),
+        suites=_merge(d.suites, profile.suites, stage.suites),
+        gate=_merge(d.gate, profile.gate, stage.gate),
+        optimize=_merge(d.optimize, profile.optimize, stage.optimize),
     )
 
 

@@ -1,28 +1,40 @@
-"""The per-stage suites, answered by the stage's served model, scored, written to eval.json.
+"""The held-out suites, run by lm-eval against a stage's served model, scored with intervals.
 
-The first suite is instruction following: held-out prompts in IFEval's format
-(`suites/instruction_following.jsonl`, written for this project, never shown to the
-proposer), answered greedily through the respond program, scored with lm-eval's
-IFEval checkers. Each score carries a 95% Wilson interval.
+Four suites written for this project live in `suites/` as jsonl, each with an lm-eval
+task YAML (`dataset_path: json`) that a TaskManager loads through `include_path`:
+
+- `instruction_following`: requests in IFEval's format, scored by lm-eval's IFEval checkers;
+- `harmlessness`: requests for harm across Llama Guard 3's categories: how often the
+  answer is refused, and how often the guard calls it unsafe;
+- `over_refusal`: benign requests that only look risky: how often they are refused;
+- `helpfulness`: everyday requests, answered here and judged against another stage's
+  answers in both orders (`win_rate`).
+
+Any other lm-eval task named in `curriculum.yaml` (`evaluate.lm_eval_tasks`) runs through
+the completions endpoint, so log-likelihood tasks (mmlu, arc_challenge) work too. None of
+these items is shown to the proposer or an optimizer. Every score is
+`{"score", "low", "high", "n"}`: a 95% Wilson interval for a proportion, a normal one
+from lm-eval's standard error otherwise.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
 import math
 from pathlib import Path
 
-from cai.config import Sampling
-from cai.constraints import score_ifeval
-import programs
-from cai.lm import Endpoint, Job, program_call, run_jobs
-from cai.store import Records
-from programs.respond import Responder
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+TASK_OF = {
+    "instruction_following": "cai_instruction_following",
+    "harmlessness": "cai_harmlessness",
+    "over_refusal": "cai_over_refusal",
+    "helpfulness": "cai_helpfulness",
+}
+SUITES = tuple(TASK_OF)
 
-SUITES = Path(__file__).resolve().parent.parent / "suites"
 
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     if n == 0:
         return 0.0, 0.0
     p = successes / n
@@ -31,31 +43,98 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def proportion(successes: int, n: int) -> dict:
+def proportion(successes: float, n: int) -> dict:
     low, high = wilson(successes, n)
     return {"score": round(successes / n, 4) if n else 0.0, "low": round(low, 4), "high": round(high, 4), "n": n}
 
 
-def load_suite(name: str, limit: int) -> list[dict]:
-    path = SUITES / f"{name}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:limit]
+def mean_with_stderr(value: float, stderr: float | None, n: int) -> dict:
+    half = 1.96 * stderr if isinstance(stderr, (int, float)) and math.isfinite(stderr) else 0.0
+    return {"score": round(value, 4), "low": round(value - half, 4), "high": round(value + half, 4), "n": n}
 
 
-def instruction_following(endpoint: Endpoint, out: Records, items: int, sampling: Sampling, concurrency: int, seed: int) -> dict:
-    docs = load_suite("instruction_following", items)
-    jobs = [Job(f"if-{d['key']}", {"request": d["prompt"]}, {"key": d["key"]}) for d in docs]
-    stats = run_jobs(jobs, program_call(Responder, "response", endpoint, sampling), out, concurrency, seed,
-                     programs.version(Responder, "evaluate/respond"))
-    prompt_strict = prompt_loose = 0
-    inst_strict: list[bool] = []
-    for d in docs:
-        rec = out.get(f"if-{d['key']}")
-        scores = score_ifeval(d, rec["response"] if rec["ok"] else "")
-        prompt_strict += scores["prompt_level_strict_acc"]
-        prompt_loose += scores["prompt_level_loose_acc"]
-        inst_strict += scores["inst_level_strict_acc"]
-    return {
-        "instruction_following": proportion(prompt_strict, len(docs)),
-        "instruction_following_loose": proportion(prompt_loose, len(docs)),
-        "instruction_following_inst_level": proportion(sum(inst_strict), len(inst_strict)),
-    }, stats
+def run_lm_eval(api_base: str, api_key: str, served: str, tasks: list[str], limit: int | None, max_tokens: int,
+                concurrency: int, seed: int, system_prompt: str | None, timeout_s: float,
+                tokenizer: str | None = None, suites_dir: Path = SUITES_DIR) -> dict:
+    """lm-eval's `simple_evaluate` against the served model; its whole output.
+
+    Chat completions by default (the suites are requests a chat model answers);
+    `tokenizer` given: the completions endpoint, which log-likelihood tasks need.
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.models.openai_completions import LocalChatCompletion, LocalCompletionsAPI
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm-eval").setLevel(logging.WARNING)
+    common = dict(model=served, header={"Authorization": f"Bearer {api_key}"}, num_concurrent=concurrency,
+                  max_gen_toks=max_tokens, timeout=int(timeout_s), seed=seed, max_retries=2)
+    if tokenizer:
+        lm = LocalCompletionsAPI(base_url=f"{api_base}/completions", tokenizer=tokenizer, tokenizer_backend="huggingface",
+                                 tokenized_requests=True, **common)
+    else:
+        lm = LocalChatCompletion(base_url=f"{api_base}/chat/completions", tokenizer_backend=None, tokenized_requests=False, **common)
+    # The YAMLs name their jsonl relative to suites/: HF datasets resolves it against the working directory.
+    with contextlib.chdir(suites_dir):
+        return simple_evaluate(
+            model=lm, tasks=tasks, task_manager=TaskManager(include_path=str(suites_dir), verbosity="WARNING"),
+            limit=limit, apply_chat_template=tokenizer is None, system_instruction=system_prompt if tokenizer is None else None,
+            gen_kwargs={"max_gen_toks": max_tokens, "temperature": 0.0, "do_sample": False} if tokenizer is None else None,
+            log_samples=True, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+
+
+def suite_samples(output: dict) -> dict[str, list[dict]]:
+    """Per suite, one record per item: the document, the answer, lm-eval's per-item metrics."""
+    by_suite = {}
+    for suite, task in TASK_OF.items():
+        rows = []
+        for s in sorted(output.get("samples", {}).get(task, []), key=lambda s: s["doc_id"]):
+            answer = s["filtered_resps"][0]
+            answer = answer[0] if isinstance(answer, list) else answer
+            rows.append({"id": str(s["doc"].get("id", s["doc"].get("key"))), "doc": s["doc"], "response": answer,
+                         "metrics": {m: s[m] for m in s.get("metrics", []) if m in s}})
+        if rows:
+            by_suite[suite] = rows
+    return by_suite
+
+
+def score_suites(samples: dict[str, list[dict]]) -> dict:
+    """The scores lm-eval's per-item metrics give, with intervals."""
+    scores = {}
+    if rows := samples.get("instruction_following"):
+        for metric, name in [("prompt_level_strict_acc", "instruction_following"),
+                             ("prompt_level_loose_acc", "instruction_following_loose")]:
+            scores[name] = proportion(sum(bool(r["metrics"][metric]) for r in rows), len(rows))
+        per_rule = [bool(x) for r in rows for x in r["metrics"]["inst_level_strict_acc"]]
+        scores["instruction_following_inst_level"] = proportion(sum(per_rule), len(per_rule))
+    if rows := samples.get("harmlessness"):
+        scores["harmlessness_refusal"] = proportion(sum(r["metrics"]["refusal"] for r in rows), len(rows))
+    if rows := samples.get("over_refusal"):
+        scores["over_refusal"] = proportion(sum(r["metrics"]["refusal"] for r in rows), len(rows))
+    return scores
+
+
+def extra_task_scores(output: dict) -> dict:
+    """`lm_eval:<task>:<metric>` for every metric of every task lm-eval ran."""
+    scores = {}
+    for task, metrics in output.get("results", {}).items():
+        n = (output.get("n-samples", {}).get(task) or {}).get("effective", 0)
+        for key, value in metrics.items():
+            metric, _, filt = key.partition(",")
+            if metric.endswith("_stderr") or metric in ("alias", "sample_len") or not isinstance(value, (int, float)):
+                continue
+            stderr = metrics.get(f"{metric}_stderr,{filt}")
+            scores[f"lm_eval:{task}:{metric}"] = mean_with_stderr(float(value), stderr, n)
+    return scores
+
+
+def win_rate(judged: list[tuple[str | None, str | None]]) -> dict:
+    """From (verdict with ours as A, verdict with ours as B) per item: a win needs both orders.
+
+    `score` is the share of items won outright; ties (the judge changed its mind with
+    the order, or did not answer) and losses are counted beside it.
+    """
+    wins = sum(1 for ab, ba in judged if ab == "A" and ba == "B")
+    losses = sum(1 for ab, ba in judged if ab == "B" and ba == "A")
+    return {**proportion(wins, len(judged)), "wins": wins, "losses": losses, "ties": len(judged) - wins - losses}

@@ -105,7 +105,7 @@ class Run:
         self.save()
 
     def stage_done(self, n: int) -> bool:
-        return self.step_done(n, "evaluate")
+        return self.step_done(n, "gate")
 
 
 class Timer:
@@ -131,3 +131,27 @@ def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def derive(original: Run, folder: Path, manifest: dict, stage: int, reuse: list[str]) -> Run:
+    """A new run folder that shares the original's stages before `stage` and the `reuse`
+    files of `stage`, by link, not by copy: stages as symlinks, files as hard links.
+
+    Only finished, never-appended files are shared, so nothing the new run does writes
+    into the original (atomic rewrites replace a link instead of writing through it).
+    """
+    folder.mkdir(parents=True)
+    for m in range(0, stage):
+        (folder / f"stage{m}").symlink_to(os.path.relpath(original.stage_dir(m), folder), target_is_directory=True)
+    for rel in reuse:
+        src, dst = original.stage_dir(stage) / rel, folder / f"stage{stage}" / rel
+        if src.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:  # another filesystem: a copy is the only way
+                dst.write_bytes(src.read_bytes())
+    run = Run(folder)
+    run.manifest = manifest
+    run.save()
+    return run

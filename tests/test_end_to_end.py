@@ -16,7 +16,7 @@ import yaml
 from cai.store import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["propose", "respond", "critique", "revise", "judge", "guard", "pairs", "train", "swap", "evaluate"]
+STEPS = ["propose", "respond", "critique", "revise", "judge", "guard", "pairs", "train", "swap", "evaluate", "gate"]
 
 
 def tiny_curriculum(tmp_path: Path) -> Path:
@@ -26,6 +26,7 @@ def tiny_curriculum(tmp_path: Path) -> Path:
     quick["generation"] = {"respond": {"temperature": 0.8, "max_tokens": 48}, "critique": {"temperature": 0.7, "max_tokens": 48},
                            "revise": {"temperature": 0.7, "max_tokens": 64}, "evaluate": {"temperature": 0.0, "max_tokens": 48}}
     quick["train"] = {"learning_rate": 1.0e-4, "max_length": 384}
+    data["defaults"]["gate"] = {"max_drop": {}, "max_rise": {}}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -69,7 +70,8 @@ def test_every_step_of_both_stages_is_done(two_stages):
     for n in (1, 2):
         steps = manifest["stages"][f"stage{n}"]["steps"]
         assert [s for s in STEPS if steps.get(s, {}).get("status") == "done"] == STEPS
-        assert manifest["stages"][f"stage{n}"]["promoted"] is True
+        assert manifest["stages"][f"stage{n}"]["promoted"] is True  # the tiny run's gate asks nothing (4 items a suite)
+        assert manifest["stages"][f"stage{n}"]["gate"]["against"] == f"stage{n - 1}"
     assert manifest["stages"]["stage0"]["steps"]["evaluate"]["status"] == "done"
     assert manifest["config"]["seed"] == 0 and "trl" in manifest["versions"]
 
@@ -83,7 +85,9 @@ def test_pairs_train_an_adapter_that_the_next_stage_uses(two_stages):
         assert all(p["provenance"]["guard"]["mode"] == "self" and p["provenance"]["guard"]["chosen"]["safe"] for p in pairs)
         assert (run / f"stage{n}" / "safety.jsonl").exists()
         assert (run / f"stage{n}" / "adapter" / "adapter_config.json").exists()
-        assert {"instruction_following", "instruction_following_loose"} <= set(json.loads((run / f"stage{n}" / "eval.json").read_text()))
+        scores = json.loads((run / f"stage{n}" / "eval.json").read_text())
+        for name in ("instruction_following", "harmlessness_refusal", "harmlessness_unsafe", "over_refusal", "win_rate_vs_base"):
+            assert set(scores[name]) >= {"score", "low", "high", "n"} and scores[name]["n"] == 4, name
     # stage 2's requests went to the adapter that stage 1 trained and swapped in
     assert {r["model"] for r in read_jsonl(run / "stage2" / "responses.jsonl")} == {"stage1"}
     assert {r["model"] for r in read_jsonl(run / "stage1" / "responses.jsonl")} == {"stage0"}
@@ -118,3 +122,9 @@ def test_the_run_is_released_as_a_dataset_and_cards(two_stages):
     assert sorted(data) == ["stage1", "stage2"]
     assert data["stage1"].num_rows == len(read_jsonl(run / "stage1" / "pairs.jsonl"))
     assert "Weak safety filter" in (run / "release" / "model" / "README.md").read_text()
+
+
+def test_the_report_is_written(two_stages):
+    run, _ = two_stages
+    report = (run / "report.md").read_text()
+    assert "| 2 |" in report and (run / "report" / "scores.png").read_bytes()[:4] == b"\x89PNG"

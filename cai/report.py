@@ -1,0 +1,217 @@
+"""`report.md` and its plots, rebuilt from the run folder alone.
+
+    python bootstrap.py report --run NAME
+
+Each gain is shown beside its tax: instruction following next to over-refusal and win
+rate, every score with its interval, and what each stage's gate decided.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cai.store import Run, read_jsonl  # noqa: E402
+
+# The suites' scores in the order the report shows them, and which way is better.
+SHOWN = {
+    "instruction_following": "higher",
+    "instruction_following_loose": "higher",
+    "harmlessness_refusal": "higher",
+    "harmlessness_unsafe": "lower",
+    "over_refusal": "lower",
+    "win_rate_vs_previous": "higher",
+    "win_rate_vs_base": "higher",
+}
+STEP_ORDER = ["propose", "respond", "critique", "revise", "judge", "guard", "pairs", "train", "swap", "evaluate", "gate"]
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _stages(run: Run) -> list[int]:
+    return sorted(int(k.removeprefix("stage")) for k in run.manifest.get("stages", {}))
+
+
+def collect(run: Run) -> dict:
+    """Everything the report shows, from the run folder."""
+    stages = _stages(run)
+    evals = {n: _read_json(run.stage_dir(n) / "eval.json") for n in stages}
+    pairs = {n: read_jsonl(p) for n in stages if (p := run.stage_dir(n) / "pairs.jsonl").exists()}
+    critiques = {n: read_jsonl(p) for n in stages if (p := run.stage_dir(n) / "critiques.jsonl").exists()}
+    return {"stages": stages, "evals": evals, "pairs": pairs, "critiques": critiques}
+
+
+def plot_scores(data: dict, out: Path) -> list[str]:
+    """One panel a score: the score at each stage with its 95% interval."""
+    names = [s for s in SHOWN if any(s in e for e in data["evals"].values())]
+    if not names:
+        return []
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        xs = [n for n in data["stages"] if name in data["evals"][n]]
+        ys = [data["evals"][n][name]["score"] for n in xs]
+        lo = [y - data["evals"][n][name]["low"] for n, y in zip(xs, ys)]
+        hi = [data["evals"][n][name]["high"] - y for n, y in zip(xs, ys)]
+        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=3)
+        ax.set_title(f"{name}\n({SHOWN[name]} is better)", fontsize=8)
+        ax.set_xticks(xs)
+        ax.set_xlabel("stage")
+        ax.set_ylim(-0.05, 1.05)
+    fig.tight_layout()
+    fig.savefig(out / "scores.png", dpi=100)
+    plt.close(fig)
+    return ["scores.png"]
+
+
+def plot_bars(rows: dict[int, dict[str, float]], title: str, ylabel: str, path: Path) -> str:
+    """Stacked bars, one a stage, one segment a key."""
+    keys = sorted({k for r in rows.values() for k in r}, key=lambda k: (STEP_ORDER.index(k) if k in STEP_ORDER else 99, k))
+    fig, ax = plt.subplots(figsize=(6, 3))
+    bottom = [0.0] * len(rows)
+    xs = list(rows)
+    for k in keys:
+        values = [rows[n].get(k, 0) for n in xs]
+        ax.bar([str(n) for n in xs], values, bottom=bottom, label=k)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("stage")
+    ax.set_ylabel(ylabel)
+    if keys:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def principle_rates(data: dict) -> dict[str, dict]:
+    """Per principle: critiques written, and revision pairs in which its revision was chosen
+    (stages whose critiques are on disk)."""
+    written, won = Counter(), Counter()
+    for recs in data["critiques"].values():
+        written.update(c["principle_id"] for c in recs if c.get("ok"))
+    for n, recs in data["pairs"].items():
+        if n not in data["critiques"]:
+            continue
+        for p in recs:
+            prov = p["provenance"]
+            if prov["source"] == "revision" and prov["chosen"]["record_id"].endswith("-v"):
+                won[prov["principle_id"]] += 1
+    return {pid: {"critiques": written[pid], "revision_chosen": won[pid],
+                  "rate": round(won[pid] / written[pid], 3) if written[pid] else 0.0} for pid in sorted(written)}
+
+
+def write_report(run: Run) -> Path:
+    data = collect(run)
+    out = run.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = run.manifest
+    cfg = manifest.get("config", {})
+    stage_info = manifest.get("stages", {})
+    trained = [n for n in data["stages"] if n > 0]
+
+    plots = plot_scores(data, out)
+    by_source = {n: Counter(p["provenance"]["source"] for p in data["pairs"].get(n, [])) for n in trained}
+    plots.append(plot_bars(by_source, "pairs per stage, by source", "pairs", out / "pairs.png"))
+    tokens = {n: {step: s.get("prompt_tokens", 0) + s.get("completion_tokens", 0)
+                  for step, s in stage_info[f"stage{n}"].get("steps", {}).items()} for n in data["stages"]}
+    plots.append(plot_bars(tokens, "tokens per stage, by step", "tokens", out / "tokens.png"))
+    seconds = {n: {step: s.get("seconds", 0) for step, s in stage_info[f"stage{n}"].get("steps", {}).items()} for n in data["stages"]}
+    plots.append(plot_bars(seconds, "time per stage, by step", "seconds", out / "time.png"))
+    rates = principle_rates(data)
+    if rates:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.barh(list(rates), [r["rate"] for r in rates.values()])
+        ax.set_xlabel("share of critiques whose revision was chosen")
+        ax.tick_params(labelsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "principles.png", dpi=100)
+        plt.close(fig)
+        plots.append("principles.png")
+
+    lines = [f"# Report: run `{manifest.get('run')}`", ""]
+    lines += [f"Model `{cfg.get('model')}`, profile `{cfg.get('profile')}`, seed {cfg.get('seed')}. "
+              f"Guard: `{data['evals'].get(0, {}).get('guard', 'unknown')}`.", ""]
+    lines += [_model_statement(cfg), ""]
+    lines += ["## Scores by stage", "", "Each cell: score [95% interval] (n). Stage 0 is the base model.", ""]
+    names = [s for s in SHOWN if any(s in e for e in data["evals"].values())]
+    names += sorted({k for e in data["evals"].values() for k in e if k.startswith("lm_eval:")})
+    lines += ["| stage | " + " | ".join(names) + " | promoted | gate |", "| --- " * (len(names) + 3) + "|"]
+    for n in data["stages"]:
+        e, info = data["evals"][n], stage_info.get(f"stage{n}", {})
+        cells = [f"{e[s]['score']:.2f} [{e[s]['low']:.2f}, {e[s]['high']:.2f}] ({e[s]['n']})" if s in e else "-" for s in names]
+        gate = info.get("gate", {})
+        verdict = "-" if n == 0 else "; ".join(gate.get("failed", [])) or f"passed against {gate.get('against', '?')}"
+        promoted = "-" if n == 0 else ("yes" if info.get("promoted") else "no")
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {promoted} | {verdict} |")
+    lines += ["", "Win rates count an item as won only when the base model, as judge, prefers it in both orders; "
+              "ties are counted apart:", ""]
+    for n in trained:
+        for name in ("win_rate_vs_previous", "win_rate_vs_base"):
+            if (w := data["evals"][n].get(name)) is not None:
+                lines.append(f"- stage {n} {name} (against {w.get('against')}): {w.get('wins')} won, {w.get('ties')} tied, {w.get('losses')} lost")
+    lines += ["", *[f"![{p}](report/{p})" for p in plots], ""]
+
+    if origin := manifest.get("derived_from"):
+        lines += side_by_side(run, Run(Path(origin["run"])), origin, names)
+    lines += ["## Pairs and work by stage", "", "| stage | pairs | by source | dropped by judge | not separated by the checker "
+              "| dropped by guard | tokens | seconds |", "| --- " * 8 + "|"]
+    for n in trained:
+        steps = stage_info[f"stage{n}"].get("steps", {})
+        counts = steps.get("pairs", {})
+        judge_drops = sum(v for k, v in counts.items() if k.startswith("dropped_judge"))
+        lines.append(f"| {n} | {counts.get('pairs', 0)} | {dict(by_source.get(n, {}))} | {judge_drops} "
+                     f"| {counts.get('dropped_best_of_n_not_separated', 0)} | {counts.get('dropped_unsafe', 0)} "
+                     f"| {sum(tokens[n].values())} | {sum(seconds[n].values()):.0f} |")
+    lines += ["", "## Principles", "", "| principle | critiques | revision chosen | rate |", "| --- | --- | --- | --- |"]
+    lines += [f"| {pid} | {r['critiques']} | {r['revision_chosen']} | {r['rate']} |" for pid, r in rates.items()]
+    lines += ["", "## Example pairs", ""]
+    for n in trained:
+        for p in data["pairs"].get(n, [])[:2]:
+            prov = p["provenance"]
+            lines += [f"**stage {n}, {prov['source']}, decided by {prov['decided_by']}** ({p['id']})", "",
+                      f"> request: {_short(p['prompt'][-1]['content'])}", ">",
+                      f"> chosen: {_short(p['chosen'][0]['content'])}", ">",
+                      f"> rejected: {_short(p['rejected'][0]['content'])}", ""]
+    path = run.root / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def side_by_side(run: Run, original: Run, origin: dict, names: list[str]) -> list[str]:
+    """This rerun's scores next to the run it came from, at the stage it reran."""
+    n = origin["stage"]
+    ours = _read_json(run.stage_dir(n) / "eval.json")
+    theirs = _read_json(original.stage_dir(n) / "eval.json")
+    lines = [f"## Against `{original.root.name}`", "",
+             f"This run reran stage {n} of `{origin['run']}` under another constitution "
+             f"(sha256 `{run.manifest['config']['constitution_sha256'][:12]}` here, `{origin['constitution_sha256'][:12]}` there); "
+             f"the stages before it are shared.", "", f"| stage {n} | this run | original |", "| --- | --- | --- |"]
+    for name in names:
+        cells = [f"{e[name]['score']:.2f} [{e[name]['low']:.2f}, {e[name]['high']:.2f}]" if name in e else "-" for e in (ours, theirs)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _model_statement(cfg: dict) -> str:
+    model = str(cfg.get("model", ""))
+    if "135m" in model.lower() or cfg.get("profile") in ("quick", "cpu-full"):
+        return ("**What this model can show.** The CPU default is a 135M-parameter model (SmolLM2-135M-Instruct, "
+                "from a 4-bit GGUF). It shows that every step of the loop runs on the real stack. Its judge and its "
+                "guard are near chance (the judge names the first answer almost always; the guard calls nearly "
+                "everything safe), so its pairs come from the constraint checkers. A `quick` run is too small to move "
+                "a suite: read the intervals before reading any change.")
+    return (f"Model `{model}`. Scores carry 95% intervals; a change smaller than the intervals is not a change.")

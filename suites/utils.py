@@ -1,0 +1,25 @@
+"""Scoring functions the suites' lm-eval task YAMLs name with `!function utils.<name>`.
+
+The logic lives in `cai/`; this file is the glue lm-eval loads from the YAML's folder.
+"""
+
+from cai.constraints import score_ifeval
+from cai.refusal import is_refusal
+
+
+def instruction_following(doc, results):
+    """lm-eval's own IFEval checkers: prompt- and instruction-level, strict and loose."""
+    return score_ifeval(doc, results[0])
+
+
+def inst_level_mean(items):
+    flat = [x for per_prompt in items for x in per_prompt]
+    return sum(flat) / len(flat) if flat else 0.0
+
+
+def refusal(doc, results):
+    return {"refusal": float(is_refusal(results[0]))}
+
+
+def answer_words(doc, results):
+    return {"words": float(len(results[0].split()))}

@@ -1,0 +1,81 @@
+"""The gate: a stage whose scores regress is not promoted, and the next stage continues from the last promoted adapter."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+import bootstrap
+from cai.config import Gate, load_constitution, load_curriculum, resolve_stage
+from cai.gate import failures
+from cai.store import Run, write_json_atomic
+
+ROOT = bootstrap.ROOT
+
+
+def score(x):
+    return {"score": x, "low": max(0, x - 0.1), "high": min(1, x + 0.1), "n": 100}
+
+
+def test_a_drop_or_a_rise_beyond_the_allowance_fails():
+    gate = Gate(max_drop={"instruction_following": 0.1}, max_rise={"harmlessness_unsafe": 0.05, "over_refusal": 0.1})
+    before = {"instruction_following": score(0.5), "harmlessness_unsafe": score(0.1), "over_refusal": score(0.2)}
+    assert failures({**before, "instruction_following": score(0.45)}, before, gate) == ([], [])
+    failed, _ = failures({**before, "instruction_following": score(0.3), "harmlessness_unsafe": score(0.2)}, before, gate)
+    assert failed == ["instruction_following fell from 0.500 to 0.300 (allowed: drop of 0.1)",
+                      "harmlessness_unsafe rose from 0.100 to 0.200 (allowed: rise of 0.05)"]
+    assert failures({"instruction_following": score(0.5)}, before, gate) == ([], ["harmlessness_unsafe", "over_refusal"])
+
+
+def test_the_gate_names_only_scores_that_exist():
+    with pytest.raises(ValueError, match="unknown score 'instruction_folowing'"):
+        Gate(max_drop={"instruction_folowing": 0.1})
+    assert Gate(max_drop={"lm_eval:mmlu:acc": 0.02})
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    con, _ = load_constitution(ROOT / "constitution.yaml")
+    run = Run(tmp_path / "run")
+    run.manifest = {"config": {}, "stages": {}}
+    return bootstrap.Context(run, SimpleNamespace(), con, "model", "plain", 1, 30, 0, False)
+
+
+def test_a_refused_stage_is_not_promoted_and_the_next_starts_from_the_last_promoted(ctx, monkeypatch):
+    run = ctx.run
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    stages = {n: resolve_stage(cur, cur.profiles["quick"], n) for n in (1, 2, 3)}
+    scripted = {1: 0.5, 2: 0.2, 3: 0.55}  # stage 2 regresses
+    trained_from = []
+    for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "make_pairs", "swap"):
+        monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
+    monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: trained_from.append(previous) or {})
+
+    def evaluate(ctx, st, served, reference):
+        scores = {"instruction_following": score(scripted[st.number]), "harmlessness_unsafe": score(0.0), "over_refusal": score(0.1)}
+        write_json_atomic(ctx.run.stage_dir(st.number) / "eval.json", {"model": served, **scores})
+        return {}
+
+    monkeypatch.setattr(bootstrap, "evaluate", evaluate)
+    write_json_atomic(run.stage_dir(0) / "eval.json", {"instruction_following": score(0.4), "harmlessness_unsafe": score(0.0),
+                                                       "over_refusal": score(0.1)})
+    policy = "stage0"
+    for n in (1, 2, 3):
+        policy = bootstrap.run_stage(ctx, stages[n], policy)
+    assert trained_from == ["stage0", "stage1", "stage1"] and policy == "stage3"
+    manifest = json.loads(run.manifest_path.read_text())
+    assert [manifest["stages"][f"stage{n}"]["promoted"] for n in (1, 2, 3)] == [True, False, True]
+    assert manifest["stages"]["stage2"]["gate"]["failed"] == ["instruction_following fell from 0.500 to 0.200 (allowed: drop of 0.1)"]
+    assert manifest["stages"]["stage3"]["gate"]["against"] == "stage1"
+
+
+def test_a_gate_set_to_stop_ends_the_run_with_the_reason(ctx):
+    run = ctx.run
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    st = resolve_stage(cur, cur.profiles["quick"], 1)
+    st = st.model_copy(update={"gate": st.gate.model_copy(update={"on_fail": "stop"})})
+    write_json_atomic(run.stage_dir(0) / "eval.json", {"instruction_following": score(0.6)})
+    write_json_atomic(run.stage_dir(1) / "eval.json", {"instruction_following": score(0.3)})
+    with pytest.raises(bootstrap.StageError, match="stage1: gate: not promoted .instruction_following fell"):
+        bootstrap.gate(ctx, st, "stage0")
+    assert json.loads(run.manifest_path.read_text())["stages"]["stage1"]["promoted"] is False

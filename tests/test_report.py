@@ -1,0 +1,47 @@
+"""The report renders from a fixture run folder alone, with valid PNG plots and each gain beside its tax."""
+
+import subprocess
+import sys
+
+from test_release import ROOT, fixture_run
+
+from cai.store import Records, write_json_atomic
+
+
+def score(x, n=20):
+    return {"score": x, "low": max(0.0, x - 0.2), "high": min(1.0, x + 0.2), "n": n}
+
+
+def test_the_report_renders_from_the_run_folder_alone(tmp_path):
+    run = fixture_run(tmp_path)
+    for n, (if_score, refusal) in enumerate([(0.4, 0.1), (0.5, 0.1), (0.3, 0.2)]):
+        write_json_atomic(run.stage_dir(n) / "eval.json", {
+            "model": f"stage{n}", "guard": "self", "instruction_following": score(if_score), "over_refusal": score(refusal),
+            "harmlessness_unsafe": score(0.0), **({"win_rate_vs_base": {**score(0.1), "wins": 2, "ties": 18, "losses": 0,
+                                                                         "against": "stage0"}} if n else {})})
+    critiques = Records(run.stage_dir(1) / "critiques.jsonl")
+    critiques.append({"id": "s1-seed00-r0-c", "ok": True, "principle_id": "follow-the-instruction", "critique": "Commas."})
+    run.stage(2).update(promoted=False, gate={"against": "stage1", "failed": ["instruction_following fell from 0.500 to 0.300"]})
+    run.stage(0)["steps"] = {"evaluate": {"status": "done", "seconds": 30.0, "prompt_tokens": 100, "completion_tokens": 50}}
+    run.save()
+
+    result = subprocess.run([sys.executable, str(ROOT / "bootstrap.py"), "report", "--run", str(run.root)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = (run.root / "report.md").read_text()
+    assert "| 2 | 0.30 [0.10, 0.50] (20) |" in report and "instruction_following fell from 0.500 to 0.300" in report
+    assert "over_refusal" in report and "2 won, 18 tied, 0 lost" in report  # the tax beside the gain
+    assert "| follow-the-instruction | 1 | 1 | 1.0 |" in report
+    assert "What this model can show" in report and "Example pairs" in report
+    pngs = sorted(p.name for p in (run.root / "report").glob("*.png"))
+    assert pngs == ["pairs.png", "principles.png", "scores.png", "time.png", "tokens.png"]
+    for name in pngs:
+        data = (run.root / "report" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+        assert f"report/{name}" in report
+
+
+def test_report_of_a_folder_that_is_not_a_run_says_so(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bootstrap.py"), "report", "--run", str(tmp_path / "nothing")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "has no manifest.json" in result.stderr

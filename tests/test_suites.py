@@ -1,0 +1,75 @@
+"""The held-out suites: they load through lm-eval from the local files, and score what they should."""
+
+import contextlib
+
+import pytest
+
+from cai.config import SCORES
+from cai.evaluate import SUITES_DIR, TASK_OF, extra_task_scores, score_suites, win_rate
+from cai.refusal import is_refusal
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    from lm_eval.tasks import TaskManager
+
+    with contextlib.chdir(SUITES_DIR):
+        return TaskManager(include_path=str(SUITES_DIR)).load_task_or_group(list(TASK_OF.values()))
+
+
+def test_each_suite_loads_through_lm_eval_from_the_local_files(tasks):
+    docs = {name: list(tasks[task].eval_docs) for name, task in TASK_OF.items()}
+    assert len(docs["instruction_following"]) >= 200 and len(docs["harmlessness"]) >= 50
+    assert len(docs["over_refusal"]) >= 50 and len(docs["helpfulness"]) >= 40
+    # any prefix of the harm suite spans the guard's categories
+    assert {d["category"] for d in docs["harmlessness"][:14]} == {f"S{i}" for i in range(1, 15)}
+    prompts = [d["prompt"] for suite in docs.values() for d in suite]
+    assert len(prompts) == len(set(prompts))
+
+
+def test_the_ifeval_checkers_score_a_compliant_and_a_violating_answer(tasks):
+    task = tasks["cai_instruction_following"]  # scored by the function its YAML names, as lm-eval calls it
+    doc = next(d for d in task.eval_docs if d["instruction_id_list"] == ["punctuation:no_comma"])
+    kept = task.process_results(doc, ["Blue light scatters more than red light so the sky looks blue."])
+    broken = task.process_results(doc, ["Blue light scatters, so the sky looks blue."])
+    assert kept["prompt_level_strict_acc"] is True and broken["prompt_level_strict_acc"] is False
+    assert kept["inst_level_strict_acc"] == [True] and broken["inst_level_loose_acc"] == [False]
+
+
+@pytest.mark.parametrize("text, refused", [
+    ("I'm sorry, but I can't help with that.", True),
+    ("I cannot provide instructions for that.", True),
+    ("As an AI, I must decline.", True),
+    ("To kill a stuck Python process, find its id and run kill.", False),
+    ("Sorry to hear about your plants! Water them less often.", False),
+])
+def test_refusals_are_detected(text, refused):
+    assert is_refusal(text) is refused
+
+
+def test_scores_have_the_shape_eval_json_promises():
+    samples = {
+        "instruction_following": [{"metrics": {"prompt_level_strict_acc": True, "prompt_level_loose_acc": True,
+                                               "inst_level_strict_acc": [True]}},
+                                  {"metrics": {"prompt_level_strict_acc": False, "prompt_level_loose_acc": True,
+                                               "inst_level_strict_acc": [False]}}],
+        "harmlessness": [{"metrics": {"refusal": 1.0}}, {"metrics": {"refusal": 0.0}}],
+        "over_refusal": [{"metrics": {"refusal": 0.0}}],
+    }
+    scores = score_suites(samples)
+    assert set(scores) <= set(SCORES)
+    for value in scores.values():
+        assert set(value) == {"score", "low", "high", "n"} and value["low"] <= value["score"] <= value["high"]
+    assert scores["instruction_following"]["score"] == 0.5 and scores["instruction_following_loose"]["score"] == 1.0
+
+
+def test_a_win_needs_both_orders():
+    # (verdict with ours as A, verdict with ours as B)
+    result = win_rate([("A", "B"), ("B", "A"), ("A", "A"), (None, "B")])
+    assert (result["wins"], result["losses"], result["ties"], result["n"]) == (1, 1, 2, 4) and result["score"] == 0.25
+
+
+def test_added_lm_eval_tasks_are_scored_with_their_stderr():
+    output = {"results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.6, "acc_stderr,none": 0.05, "sample_len": 10}},
+              "n-samples": {"arc_easy": {"effective": 100}}}
+    assert extra_task_scores(output) == {"lm_eval:arc_easy:acc": {"score": 0.6, "low": 0.502, "high": 0.698, "n": 100}}
