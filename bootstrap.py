@@ -5,6 +5,7 @@
     python bootstrap.py prompts --run quick --stage 3 [--program critique] [--diff 2]
     python bootstrap.py report --run quick          # report.md + plots across stages
     python bootstrap.py export --run quick          # the pairs as a dataset, with dataset and model cards
+    python bootstrap.py verify --run quick          # every finished stage's files against the manifest's hashes
     python bootstrap.py --help
 
 For each stage of curriculum.yaml, the current model (served by vLLM as `stage{N-1}`):
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import importlib.metadata
 import json
 import os
@@ -56,7 +58,7 @@ from cai.optimize import compile_program, render
 from cai.optimize import load as load_compiled
 from cai.model import ModelError, resolve_model
 from cai.pairs import build_pairs, checker_verdict
-from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer
+from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer, port_in_use
 from cai.store import Records, Run, Timer, derive, read_jsonl, write_json_atomic, write_jsonl_atomic
 from cai.tasks import Novelty, proposer_examples
 from cai.train import TrainingError, train_adapter
@@ -90,6 +92,7 @@ class Context:
     seed: int
     trust_remote_code: bool
     guard: GuardSettings = GuardSettings()
+    server_restarts: int = 2
 
     def endpoint(self, served_name: str) -> Endpoint:
         return Endpoint(self.server.api_base, self.server.api_key, served_name, self.adapter, self.timeout_s)
@@ -408,9 +411,12 @@ def evaluate(ctx: Context, st: StageConfig, served: str, reference: str = BASE_N
     n = 0 if served == BASE_NAME else st.number
     folder = ctx.run.stage_dir(n) / "eval"
     shutil.rmtree(folder, ignore_errors=True)  # a step cut short is redone whole: lm-eval does not resume
-    output = run_lm_eval(ctx.server.api_base, ctx.server.api_key, served, [TASK_OF[s] for s in st.suites.run],
-                         st.counts.eval_items, st.generation.evaluate.max_tokens, ctx.concurrency, ctx.seed,
-                         Respond.instructions, ctx.timeout_s)
+    try:
+        output = run_lm_eval(ctx.server.api_base, ctx.server.api_key, served, [TASK_OF[s] for s in st.suites.run],
+                             st.counts.eval_items, st.generation.evaluate.max_tokens, ctx.concurrency, ctx.seed,
+                             Respond.instructions, ctx.timeout_s)
+    except Exception as e:  # lm-eval raises its client's errors: the caller decides whether the server is at fault
+        raise RequestFailed(f"evaluate: lm-eval against {served}: {type(e).__name__}: {e}"[:500]) from e
     samples = suite_samples(output)
     for suite, rows in samples.items():
         write_jsonl_atomic(folder / f"{suite}.jsonl", rows)
@@ -481,10 +487,31 @@ def run_stage(ctx: Context, st: StageConfig, policy: str) -> str:
     step(ctx, n, "guard", lambda: safety_check(ctx, st, policy, tasks))
     step(ctx, n, "pairs", lambda: make_pairs(ctx, st, tasks))
     step(ctx, n, "train", lambda: train(ctx, st, policy))
+    if diverged := ctx.run.stage(n)["steps"]["train"].get("diverged"):
+        ctx.run.stage(n).update(promoted=False, gate={"against": policy, "failed": [f"training diverged: {diverged}"], "not_measured": []})
+        for name in ("swap", "evaluate", "gate"):
+            step(ctx, n, name, lambda: {"skipped": "training diverged"})
+        print(f"stage{n}: training diverged ({diverged}); {policy} stays the policy", flush=True)
+        return policy
     step(ctx, n, "swap", lambda: swap(ctx, st))
     step(ctx, n, "evaluate", lambda: evaluate(ctx, st, f"stage{n}", reference=policy))
     step(ctx, n, "gate", lambda: gate(ctx, st, policy))
     return f"stage{n}" if ctx.run.stage(n).get("promoted") else policy
+
+
+def run_stage_surviving_faults(ctx: Context, st: StageConfig, policy: str) -> str:
+    """`run_stage`, with the server restarted where it died or hung mid-step; the step then
+    continues from its last record. A failure with the server healthy is not the server's: it is raised."""
+    for attempt in range(ctx.server_restarts + 1):
+        try:
+            return run_stage(ctx, st, policy)
+        except (RequestFailed, ServerError) as e:
+            if attempt == ctx.server_restarts or ctx.server.healthy():
+                raise
+            print(f"stage{st.number}: the server stopped answering ({str(e)[:200]}); restarting it "
+                  f"({attempt + 1} of {ctx.server_restarts}) and resuming", flush=True)
+            ctx.server.restart()
+    raise AssertionError("unreachable")
 
 
 def step(ctx: Context, n: int, name: str, fn) -> None:
@@ -620,6 +647,13 @@ def bootstrap(args: argparse.Namespace) -> int:
     config = {"constitution_sha256": constitution_sha, "curriculum_sha256": curriculum_sha,
               "profile": profile_name, "seed": seed, "model": profile.model}
     snapshot = {"constitution": constitution.model_dump(), "curriculum": curriculum.model_dump()}
+    try:  # before anything is written: a missing model or a taken port is a config error
+        model = resolve_model(profile.model, ROOT / "models")
+    except ModelError as e:
+        raise ConfigError(f"{args.curriculum}: profiles.{profile_name}.model: {e}") from None
+    if profile.serve.port and port_in_use(profile.serve.port):
+        raise ConfigError(f"{args.curriculum}: profiles.{profile_name}.serve.port: port {profile.serve.port} on 127.0.0.1 "
+                          f"is in use; choose another, or 0 for any free port")
     original = Run(folder)
     if args.only and original.manifest and {k for k in config if original.manifest["config"].get(k) != config[k]} == {"constitution_sha256"}:
         folder = rerun_with_constitution(original, first, constitution, config, snapshot)
@@ -632,13 +666,12 @@ def bootstrap(args: argparse.Namespace) -> int:
         print(f"nothing to do: stages {first}..{last} of {run.root} are done", flush=True)
         return 0
 
-    model = resolve_model(profile.model, ROOT / "models")
     settings = ServeSettings(model=model, seed=seed, trust_remote_code=profile.trust_remote_code,
                              max_lora_rank=max(st.train.lora_r for st in stages.values()), **profile.serve.model_dump())
     print(f"run {run.root}  profile={profile_name} model={profile.model} seed={seed} stages {first}..{last}", flush=True)
     with VLLMServer(settings, run.root / "server.log", run.root / "server.pid") as server:
         ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency,
-                      profile.request_timeout_s, seed, profile.trust_remote_code, profile.guard)
+                      profile.request_timeout_s, seed, profile.trust_remote_code, profile.guard, profile.server_restarts)
         step(ctx, 0, "evaluate", lambda: evaluate(ctx, stages[1], BASE_NAME))
         policy = BASE_NAME
         for n in range(1, last + 1):
@@ -647,7 +680,7 @@ def bootstrap(args: argparse.Namespace) -> int:
                 continue
             for name in {policy, f"stage{n}" if run.step_done(n, "swap") else BASE_NAME} - {BASE_NAME}:
                 server.load_adapter(name, run.root / name / "adapter")  # adapters don't survive a restart
-            policy = run_stage(ctx, stages[n], policy)
+            policy = run_stage_surviving_faults(ctx, stages[n], policy)
     release.export(run, run.root / "release")
     cai_report.write_report(run)
     print(f"done: {run.root} (report.md; dataset and model cards in {run.root / 'release'})", flush=True)
@@ -706,6 +739,19 @@ def prompt_sections(run: Run, n: int, program: str | None) -> str:
     return "\n".join("## " + sec.rstrip() + "\n" for sec in chosen)
 
 
+def verify(argv: list[str]) -> int:
+    """`bootstrap.py verify --run NAME`: every finished stage's files against the sha256 sealed in the manifest."""
+    p = argparse.ArgumentParser(prog="bootstrap.py verify", description=verify.__doc__)
+    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
+    run = existing_run(p.parse_args(argv).run)
+    problems = run.verify()
+    sealed = sum(len(st.get("files", {})) for st in run.manifest.get("stages", {}).values())
+    for line in problems:
+        print(line)
+    print(f"{run.root}: {sealed} sealed files, {len(problems)} problems")
+    return 1 if problems else 0
+
+
 def existing_run(name: str) -> Run:
     run = Run(run_folder(name, ""))
     if not run.manifest:
@@ -713,7 +759,7 @@ def existing_run(name: str) -> Run:
     return run
 
 
-COMMANDS = {"export": export, "report": report, "prompts": prompts}
+COMMANDS = {"export": export, "report": report, "prompts": prompts, "verify": verify}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -733,6 +779,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: the disk is full (writing {e.filename or 'the run folder'}); what was written is kept: "
+              f"free some space and re-run the same command to resume", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

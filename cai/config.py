@@ -93,6 +93,7 @@ class TrainSettings(Strict):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     bf16: bool = False  # float32 on the CPU: bf16 learned less per epoch (PITFALLS.md)
     min_pairs: int = Field(1, ge=1)  # fewer usable pairs than this stops the run
+    max_loss: float = Field(10.0, gt=0)  # a loss above this (or NaN) stops training: the stage keeps the previous adapter
 
 
 class Sampling(Strict):
@@ -221,7 +222,8 @@ class Profile(StageSettings):
     model: str  # a folder, a hub name, or embedded:smollm2-135m-instruct
     adapter: Literal["plain", "chat"] = "plain"  # plain: PlainAdapter for small models
     concurrency: int = Field(16, ge=1)  # requests in flight, so the engine batches them
-    request_timeout_s: float = Field(300, gt=0)
+    request_timeout_s: float = Field(300, gt=0)  # a request longer than this counts as a hung server
+    server_restarts: int = Field(2, ge=0)  # restarts of a dead or hung server, per stage, before the run stops
     trust_remote_code: bool = False
     serve: ServeConfig = ServeConfig()
     guard: GuardSettings = GuardSettings()

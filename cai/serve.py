@@ -206,6 +206,28 @@ class VLLMServer:
         self.adapters[name] = str(path)
         return seconds
 
+    def healthy(self, timeout_s: float = 30.0) -> bool:
+        """Alive and answering: the process runs, /health is 200 and a one-token request returns."""
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            if requests.get(self.base_url + "/health", timeout=timeout_s).status_code != 200:
+                return False
+            r = requests.post(self.api_base + "/chat/completions", headers=self.headers(), timeout=timeout_s,
+                              json={"model": self.settings.served_name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+            return r.status_code == 200
+        except requests.RequestException:
+            return False
+
+    def restart(self) -> None:
+        """Stop the server (dead or hung), start it again and load the adapters it had."""
+        adapters = dict(self.adapters)
+        self.stop()
+        self.adapters = {}
+        self.start()
+        for name, path in adapters.items():
+            self.load_adapter(name, Path(path))
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             kill_group(self.process.pid, self.process)

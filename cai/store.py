@@ -9,6 +9,7 @@ requests that were in flight.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -102,7 +103,24 @@ class Run:
 
     def mark_done(self, n: int, step: str, seconds: float, **stats) -> None:
         self.stage(n)["steps"][step] = {"status": "done", "seconds": round(seconds, 2), **stats}
+        if step == "gate" or (n == 0 and step == "evaluate"):  # the stage is finished: seal its files
+            self.stage(n)["files"] = file_hashes(self.stage_dir(n))
         self.save()
+
+    def verify(self) -> list[str]:
+        """What differs from the hashes sealed in the manifest: changed, missing or unrecorded files."""
+        problems = []
+        for key, stage in sorted(self.manifest.get("stages", {}).items()):
+            if "files" not in stage:
+                continue
+            now = file_hashes(self.root / key)
+            for rel, digest in sorted(stage["files"].items()):
+                if rel not in now:
+                    problems.append(f"{key}/{rel}: missing")
+                elif now[rel] != digest:
+                    problems.append(f"{key}/{rel}: changed (sha256 {now[rel][:12]}, sealed {digest[:12]})")
+            problems += [f"{key}/{rel}: not in the manifest" for rel in sorted(set(now) - set(stage["files"]))]
+        return problems
 
     def stage_done(self, n: int) -> bool:
         return self.step_done(n, "gate")
@@ -155,3 +173,17 @@ def derive(original: Run, folder: Path, manifest: dict, stage: int, reuse: list[
     run.manifest = manifest
     run.save()
     return run
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`, by path relative to it."""
+    hashes = {}
+    for directory, _, names in os.walk(folder, followlinks=True):
+        for name in names:
+            path = Path(directory) / name
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            hashes[str(path.relative_to(folder))] = digest.hexdigest()
+    return dict(sorted(hashes.items()))

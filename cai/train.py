@@ -17,7 +17,26 @@ from cai.config import TrainSettings
 
 
 class TrainingError(RuntimeError):
-    """Training produced no usable adapter; the previous one stays in use."""
+    """Training could not start (no pair fits, nothing trainable); the message says why."""
+
+
+def divergence_guard(max_loss: float):
+    """A TrainerCallback that stops training at the first non-finite or runaway loss.
+
+    The adapter is then not saved: the stage keeps the previous policy (bootstrap.py).
+    """
+    from transformers import TrainerCallback
+
+    class StopOnDivergence(TrainerCallback):
+        reason: str | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and (not math.isfinite(loss) or loss > max_loss):
+                self.reason = f"loss {loss} at step {state.global_step}"
+                control.should_training_stop = True
+
+    return StopOnDivergence()
 
 
 def train_adapter(
@@ -88,10 +107,14 @@ def train_adapter(
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if trainable == 0:  # PeftModel.from_pretrained defaults to frozen (trl #6700)
         raise TrainingError("train: the adapter has no trainable parameters")
+    guard = divergence_guard(settings.max_loss)
+    trainer.add_callback(guard)
     result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    if not losses or not all(math.isfinite(x) for x in losses):
-        raise TrainingError(f"train: loss is not finite ({losses[-3:] if losses else 'no loss logged'}); the previous adapter is kept")
+    if guard.reason or not losses:
+        shutil.rmtree(work, ignore_errors=True)
+        return {"diverged": f"{guard.reason or 'no loss logged'}; training stopped, the previous adapter is kept",
+                "steps": trainer.state.global_step, "pairs_used": len(rows)}
 
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,5 +1,7 @@
 """The entry point refuses bad input with one line and exit code 2, touching nothing."""
 
+import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,10 +54,48 @@ def test_missing_model_then_other_settings(tmp_path):
     path.write_text(yaml.safe_dump(cur))
     run = tmp_path / "run"
     result = bootstrap("--run", str(run), "--curriculum", str(path), "--profile", "quick")
-    assert result.returncode == 1 and f"model path {tmp_path / 'no-such-model'} does not exist" in result.stderr
+    assert result.returncode == 2 and not run.exists()
+    assert f"{path}: profiles.quick.model: model path {tmp_path / 'no-such-model'} does not exist" in result.stderr
+
+
+def test_a_run_made_with_other_settings_is_refused_and_left_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"run": "run", "config": {"seed": 0}, "stages": {}}))
     before = snapshot(run)
-    assert (run / "manifest.json") in before
-    # the same run folder with another seed is refused, not mixed in
-    result = bootstrap("--run", str(run), "--curriculum", str(path), "--profile", "quick", "--seed", "5")
-    assert result.returncode == 2 and "different settings (seed)" in result.stderr
+    result = bootstrap("--run", str(run), "--profile", "quick", "--seed", "5")
+    assert result.returncode == 2 and "different settings" in result.stderr and "seed" in result.stderr
     assert snapshot(run) == before
+
+
+def test_a_taken_port_is_refused_before_anything_is_written(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        cur = yaml.safe_load((ROOT / "curriculum.yaml").read_text())
+        cur["profiles"]["quick"]["serve"]["port"] = s.getsockname()[1]
+        path = tmp_path / "curriculum.yaml"
+        path.write_text(yaml.safe_dump(cur))
+        result = bootstrap("--run", str(tmp_path / "run"), "--curriculum", str(path), "--profile", "quick")
+    assert result.returncode == 2 and "profiles.quick.serve.port: port" in result.stderr and "is in use" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unwritable_run_folder_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = bootstrap("--run", str(tmp_path / "file" / "run"), "--profile", "quick")
+    assert result.returncode == 2 and f"--run: cannot create {tmp_path / 'file' / 'run'}" in result.stderr
+
+
+def test_a_full_disk_is_one_line_and_resumable(monkeypatch, capsys):
+    import errno
+
+    import bootstrap as entry
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/quick/stage1/responses.jsonl")
+
+    monkeypatch.setattr(entry, "bootstrap", full)
+    assert entry.main(["--until", "stage1"]) == 1
+    err = capsys.readouterr().err
+    assert "the disk is full (writing runs/quick/stage1/responses.jsonl)" in err and "re-run the same command to resume" in err

@@ -6,30 +6,18 @@ wheel): the smallest real model at hand, so its output parses with no special fi
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cai.store import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["propose", "respond", "critique", "revise", "judge", "guard", "pairs", "train", "swap", "evaluate", "gate"]
-
-
-def tiny_curriculum(tmp_path: Path) -> Path:
-    data = yaml.safe_load((ROOT / "curriculum.yaml").read_text())
-    quick = data["profiles"]["quick"]
-    quick["counts"] = {"proposed": 2, "seeds_used": 6, "samples": 2, "eval_items": 4}
-    quick["generation"] = {"respond": {"temperature": 0.8, "max_tokens": 48}, "critique": {"temperature": 0.7, "max_tokens": 48},
-                           "revise": {"temperature": 0.7, "max_tokens": 64}, "evaluate": {"temperature": 0.0, "max_tokens": 48}}
-    quick["train"] = {"learning_rate": 1.0e-4, "max_length": 384}
-    data["defaults"]["gate"] = {"max_drop": {}, "max_rise": {}}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+STEPS = ["optimize", "propose", "respond", "critique", "revise", "judge", "guard", "pairs", "train", "swap", "evaluate", "gate"]
 
 
 def bootstrap(*args) -> subprocess.CompletedProcess:
@@ -44,28 +32,64 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
 
 
-@pytest.fixture(scope="module")
-def two_stages(tmp_path_factory):
-    """Start the run, kill -9 it in the middle of stage 1, run the same command again."""
-    tmp = tmp_path_factory.mktemp("e2e")
-    run = tmp / "run"
-    args = ["--until", "stage2", "--run", str(run), "--curriculum", str(tiny_curriculum(tmp)), "--profile", "quick"]
-    with open(tmp / "first.err", "w") as err:
-        first = subprocess.Popen([sys.executable, str(ROOT / "bootstrap.py"), *args], stdout=subprocess.PIPE, stderr=err, text=True)
-        for line in first.stdout:
-            if line.startswith("stage1 critique: done"):
+# Where the controller is killed (kill -9), one run after another, and where the server is.
+CONTROLLER_KILLS = ("stage1 critique: done", "stage1 train: running", "stage2 evaluate: running")
+SERVER_KILL = "stage2 respond: running"
+
+
+def run_and_kill(args: list[str], run: Path, err_path: Path, kill_at: str, server_kill_at: str | None = None) -> int:
+    """Start the run; SIGKILL the server's process group at `server_kill_at` (the run goes on)
+    and the controller at `kill_at`. Returns the killed controller's server pid."""
+    with open(err_path, "w") as err, open(err_path.with_suffix(".out"), "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "bootstrap.py"), *args], stdout=subprocess.PIPE, stderr=err, text=True)
+        for line in proc.stdout:
+            out.write(line)
+            if server_kill_at and line.startswith(server_kill_at):
+                os.killpg(json.loads((run / "server.pid").read_text())["pid"], signal.SIGKILL)
+            if line.startswith(kill_at):
                 break
         server_pid = json.loads((run / "server.pid").read_text())["pid"]
-        first.kill()
-        first.wait()
+        proc.kill()
+        proc.wait()
+    return server_pid
+
+
+@pytest.fixture(scope="module")
+def two_stages(tmp_path_factory):
+    """The same tiny run twice: once uninterrupted, once killed at three points, with its
+    server killed at a fourth, and run again after each kill until it finishes."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    reference, run = tmp / "reference", tmp / "run"
+    common = ["--until", "stage2", "--profile", "tiny"]
+    done = bootstrap(*common, "--run", str(reference))
+    assert done.returncode == 0, done.stderr[-3000:]
+    args = [*common, "--run", str(run)]
+    for k, kill_at in enumerate(CONTROLLER_KILLS):
+        server_pid = run_and_kill(args, run, tmp / f"run{k}.err", kill_at, SERVER_KILL if kill_at.startswith("stage2 evaluate") else None)
+        time.sleep(1)
+        assert not alive(server_pid)  # the killed run's server did not outlive it
     result = bootstrap(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert not alive(server_pid)  # the killed run's server did not outlive it
-    return run, args
+    return run, args, reference
+
+
+def records(path: Path) -> dict:
+    return {r["id"]: r for r in read_jsonl(path)}
+
+
+def test_killed_three_times_and_its_server_once_the_run_ends_as_the_uninterrupted_one(two_stages):
+    run, _, reference = two_stages
+    assert "stage2: the server stopped answering" in (run.parent / "run2.out").read_text()  # and was restarted
+    for n in (1, 2):
+        ours = sorted(p.relative_to(run) for p in (run / f"stage{n}").rglob("*.jsonl"))
+        theirs = sorted(p.relative_to(reference) for p in (reference / f"stage{n}").rglob("*.jsonl"))
+        assert ours == theirs
+        for rel in ours:
+            assert records(run / rel) == records(reference / rel), rel  # same ids, same content: none lost, none doubled
 
 
 def test_every_step_of_both_stages_is_done(two_stages):
-    run, _ = two_stages
+    run, _, _ = two_stages
     manifest = json.loads((run / "manifest.json").read_text())
     for n in (1, 2):
         steps = manifest["stages"][f"stage{n}"]["steps"]
@@ -77,7 +101,7 @@ def test_every_step_of_both_stages_is_done(two_stages):
 
 
 def test_pairs_train_an_adapter_that_the_next_stage_uses(two_stages):
-    run, _ = two_stages
+    run, _, _ = two_stages
     for n in (1, 2):
         pairs = read_jsonl(run / f"stage{n}" / "pairs.jsonl")
         assert pairs and all(p["prompt"][-1]["role"] == "user" and p["chosen"][0]["role"] == "assistant" for p in pairs)
@@ -85,6 +109,7 @@ def test_pairs_train_an_adapter_that_the_next_stage_uses(two_stages):
         assert all(p["provenance"]["guard"]["mode"] == "self" and p["provenance"]["guard"]["chosen"]["safe"] for p in pairs)
         assert (run / f"stage{n}" / "safety.jsonl").exists()
         assert (run / f"stage{n}" / "adapter" / "adapter_config.json").exists()
+        assert (run / f"stage{n}" / "programs" / "propose.json").exists() and "## critique" in (run / f"stage{n}" / "prompts.md").read_text()
         scores = json.loads((run / f"stage{n}" / "eval.json").read_text())
         for name in ("instruction_following", "harmlessness_refusal", "harmlessness_unsafe", "over_refusal", "win_rate_vs_base"):
             assert set(scores[name]) >= {"score", "low", "high", "n"} and scores[name]["n"] == 4, name
@@ -97,7 +122,7 @@ def test_pairs_train_an_adapter_that_the_next_stage_uses(two_stages):
 
 
 def test_the_resumed_run_doubled_nothing(two_stages):
-    run, _ = two_stages
+    run, _, _ = two_stages
     for path in run.rglob("*.jsonl"):
         ids = [r["id"] for r in read_jsonl(path)]
         assert len(ids) == len(set(ids)), path
@@ -107,7 +132,7 @@ def test_the_resumed_run_doubled_nothing(two_stages):
 
 
 def test_rerun_resumes_and_redoes_nothing(two_stages):
-    run, args = two_stages
+    run, args, _ = two_stages
     before = {p: p.read_bytes() for p in run.rglob("*.jsonl")}
     result = bootstrap(*args)
     assert result.returncode == 0 and "nothing to do" in result.stdout
@@ -117,7 +142,7 @@ def test_rerun_resumes_and_redoes_nothing(two_stages):
 def test_the_run_is_released_as_a_dataset_and_cards(two_stages):
     import datasets
 
-    run, _ = two_stages
+    run, _, _ = two_stages
     data = datasets.load_dataset(str(run / "release" / "dataset"))
     assert sorted(data) == ["stage1", "stage2"]
     assert data["stage1"].num_rows == len(read_jsonl(run / "stage1" / "pairs.jsonl"))
@@ -125,6 +150,12 @@ def test_the_run_is_released_as_a_dataset_and_cards(two_stages):
 
 
 def test_the_report_is_written(two_stages):
-    run, _ = two_stages
+    run, _, _ = two_stages
     report = (run / "report.md").read_text()
     assert "| 2 |" in report and (run / "report" / "scores.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_verify_finds_every_sealed_file_as_it_was(two_stages):
+    run, _, _ = two_stages
+    result = bootstrap("verify", "--run", str(run))
+    assert result.returncode == 0 and ", 0 problems" in result.stdout

@@ -79,3 +79,15 @@ def test_a_gate_set_to_stop_ends_the_run_with_the_reason(ctx):
     with pytest.raises(bootstrap.StageError, match="stage1: gate: not promoted .instruction_following fell"):
         bootstrap.gate(ctx, st, "stage0")
     assert json.loads(run.manifest_path.read_text())["stages"]["stage1"]["promoted"] is False
+
+
+def test_a_stage_whose_training_diverged_is_not_promoted_and_the_policy_stays(ctx, monkeypatch):
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "make_pairs"):
+        monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
+    monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: {"diverged": "loss nan at step 3"})
+    monkeypatch.setattr(bootstrap, "swap", lambda *a: pytest.fail("a diverged adapter is not served"))
+    assert bootstrap.run_stage(ctx, resolve_stage(cur, cur.profiles["quick"], 2), "stage1") == "stage1"
+    manifest = json.loads(ctx.run.manifest_path.read_text())["stages"]["stage2"]
+    assert manifest["promoted"] is False and manifest["gate"]["failed"] == ["training diverged: loss nan at step 3"]
+    assert manifest["steps"]["gate"]["skipped"] == "training diverged"

@@ -33,3 +33,23 @@ def test_manifest_marks_steps_done(tmp_path):
     reopened = Run(tmp_path / "run")
     assert reopened.step_done(1, "propose") and not reopened.stage_done(1)
     assert reopened.stage(1)["steps"]["propose"] == {"status": "done", "seconds": 1.5, "ok": 3}
+
+
+def test_verify_finds_changed_missing_and_unrecorded_files(tmp_path):
+    import bootstrap
+
+    run = Run(tmp_path / "run")
+    run.manifest = {"run": "run", "config": {}, "stages": {}}
+    (run.stage_dir(1) / "adapter").mkdir(parents=True)
+    (run.stage_dir(1) / "pairs.jsonl").write_text('{"id": "a"}\n')
+    (run.stage_dir(1) / "adapter" / "weights").write_bytes(b"\0" * 10)
+    run.mark_done(1, "gate", 1.0)
+    assert set(run.manifest["stages"]["stage1"]["files"]) == {"pairs.jsonl", "adapter/weights"}
+    assert bootstrap.main(["verify", "--run", str(run.root)]) == 0
+    (run.stage_dir(1) / "pairs.jsonl").write_text('{"id": "b"}\n')
+    (run.stage_dir(1) / "adapter" / "weights").unlink()
+    (run.stage_dir(1) / "stray.txt").write_text("x")
+    problems = Run(run.root).verify()
+    assert problems[0] == "stage1/adapter/weights: missing" and problems[1].startswith("stage1/pairs.jsonl: changed")
+    assert problems[2:] == ["stage1/stray.txt: not in the manifest"]
+    assert bootstrap.main(["verify", "--run", str(run.root)]) == 1

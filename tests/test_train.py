@@ -29,3 +29,12 @@ def test_orpo_trains_and_saves_an_adapter(tmp_path):
     assert stats["steps"] == 1 and stats["trainable_params"] > 0
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert not (tmp_path / "adapter" / "ref").exists()
+
+
+def test_a_runaway_loss_stops_training_and_saves_no_adapter(tmp_path):
+    model = resolve_model(EMBEDDED, ROOT / "models")
+    # DPO starts at log(2) = 0.69: with max_loss 0.01 the first logged step counts as runaway
+    stats = train_adapter(model, None, [pair(i) for i in range(4)], tmp_path / "adapter",
+                          TrainSettings(batch_size=1, max_length=128, max_loss=0.01), seed=0)
+    assert stats["diverged"].startswith("loss 0.69") and stats["steps"] == 1
+    assert not (tmp_path / "adapter").exists()
