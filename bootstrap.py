@@ -434,7 +434,11 @@ def evaluate(ctx: Context, st: StageConfig, served: str, reference: str = BASE_N
         extra = run_lm_eval(ctx.server.api_base, ctx.server.api_key, served, st.suites.lm_eval_tasks, st.counts.eval_items,
                             st.generation.evaluate.max_tokens, ctx.concurrency, ctx.seed, None, ctx.timeout_s, tokenizer=ctx.model)
         scores.update(extra_task_scores(extra))
-    write_json_atomic(ctx.run.stage_dir(n) / "eval.json", {"model": served, "guard": ctx.guard.mode, **scores})
+    optimized = ctx.run.stage(n).get("steps", {}).get("optimize", {}) if n else {}
+    prompt_metrics = {name: {"before": optimized.get(f"{name}_before"), "after": optimized.get(f"{name}_after")}
+                      for name in st.optimize.programs if f"{name}_before" in optimized}
+    write_json_atomic(ctx.run.stage_dir(n) / "eval.json", {"model": served, "guard": ctx.guard.mode, **scores,
+                                                           **({"prompt_metrics": prompt_metrics} if prompt_metrics else {})})
     return {k: v["score"] for k, v in scores.items()}
 
 

@@ -19,16 +19,27 @@ from cai.config import OptimizeSettings
 
 
 class CallCounter(BaseCallback):
-    """Counts the LM calls an optimization makes (its cost, for the manifest)."""
+    """Counts the LM calls an optimization makes, and their tokens (its cost, for the manifest)."""
 
     def __init__(self):
         self.calls = 0
+        self.seen: dict[int, tuple] = {}  # id(lm) -> (lm, its history length when first seen)
 
     def on_lm_start(self, call_id, instance, inputs):
         self.calls += 1
+        self.seen.setdefault(id(instance), (instance, len(getattr(instance, "history", []))))
+
+    def tokens(self) -> int:
+        total = 0
+        for lm, start in self.seen.values():
+            for entry in getattr(lm, "history", [])[start:]:
+                usage = entry.get("usage") or {}
+                total += usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)
+        return total
 
 
-def make_optimizer(settings: OptimizeSettings, metric, reflection_lm: dspy.LM | None, concurrency: int, seed: int):
+def make_optimizer(settings: OptimizeSettings, metric, lm: dspy.LM, concurrency: int, seed: int):
+    """The optimizer; `lm`, the current model, also writes MIPROv2's instructions and GEPA's reflections."""
     demos = settings.max_demos
     if settings.optimizer == "bootstrap_fewshot":
         return dspy.BootstrapFewShot(metric=metric, max_bootstrapped_demos=demos, max_labeled_demos=0, max_rounds=1)
@@ -36,13 +47,13 @@ def make_optimizer(settings: OptimizeSettings, metric, reflection_lm: dspy.LM | 
         return dspy.BootstrapFewShotWithRandomSearch(metric=metric, max_bootstrapped_demos=demos, max_labeled_demos=0,
                                                      num_candidate_programs=settings.candidates, num_threads=concurrency)
     if settings.optimizer == "miprov2":
-        return dspy.MIPROv2(metric=metric, auto="light", num_threads=concurrency, seed=seed,
+        return dspy.MIPROv2(metric=metric, prompt_model=lm, task_model=lm, auto="light", num_threads=concurrency, seed=seed,
                             max_bootstrapped_demos=demos, max_labeled_demos=0)
     if settings.optimizer == "gepa":
         def feedback_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
             return float(metric(gold, pred, None))
 
-        return dspy.GEPA(metric=feedback_metric, max_metric_calls=settings.max_calls, reflection_lm=reflection_lm,
+        return dspy.GEPA(metric=feedback_metric, max_metric_calls=settings.max_calls, reflection_lm=lm,
                          num_threads=concurrency, seed=seed)
     raise ValueError(f"unknown optimizer {settings.optimizer!r}")
 
@@ -69,7 +80,7 @@ def compile_program(program: dspy.Module, metric, trainset: list[dspy.Example], 
         after = score(compiled, devset, metric, concurrency)
     demos = sum(len(p.demos) for _, p in compiled.named_predictors())
     return compiled, {"optimizer": settings.optimizer, "before": before, "after": after, "demos": demos,
-                      "train": len(trainset), "dev": len(devset), "lm_calls": counter.calls,
+                      "train": len(trainset), "dev": len(devset), "lm_calls": counter.calls, "tokens": counter.tokens(),
                       "seconds": round(time.perf_counter() - start, 1)}
 
 

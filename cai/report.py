@@ -171,6 +171,15 @@ def write_report(run: Run) -> Path:
         lines.append(f"| {n} | {counts.get('pairs', 0)} | {dict(by_source.get(n, {}))} | {judge_drops} "
                      f"| {counts.get('dropped_best_of_n_not_separated', 0)} | {counts.get('dropped_unsafe', 0)} "
                      f"| {sum(tokens[n].values())} | {sum(seconds[n].values()):.0f} |")
+    lines += ["", "## Prompt optimization", "", "The metric of each compiled program on held-out seed tasks, before and after "
+              "compiling, and what compiling cost.", "", "| stage | program | before | after | demos | LM calls | tokens | seconds |",
+              "| --- " * 8 + "|"]
+    for n in trained:
+        opt = stage_info[f"stage{n}"].get("steps", {}).get("optimize", {})
+        for name in ("propose", "critique_revise", "judge"):
+            if f"{name}_before" in opt:
+                lines.append(f"| {n} | {name} | {opt[f'{name}_before']} | {opt[f'{name}_after']} | {opt.get(f'{name}_demos')} "
+                             f"| {opt.get(f'{name}_lm_calls')} | {opt.get(f'{name}_tokens', '-')} | {opt.get(f'{name}_seconds')} |")
     lines += ["", "## Principles", "", "| principle | critiques | revision chosen | rate |", "| --- | --- | --- | --- |"]
     lines += [f"| {pid} | {r['critiques']} | {r['revision_chosen']} | {r['rate']} |" for pid, r in rates.items()]
     lines += ["", "## Example pairs", ""]

@@ -27,6 +27,7 @@ class Propose(dspy.Module):
 
 _LABEL = re.compile(r"^\s*(?:new\s+)?(?:request|task|example|prompt)\s*\d*\s*[:.-]\s*", re.I)
 _NUMBER = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
+_NUMBERS = re.compile(r"\d+[.:]\d+[.:]\d+")
 
 
 def clean_task(text: str, min_chars: int = 15, max_chars: int = 600) -> str | None:
@@ -40,5 +41,9 @@ def clean_task(text: str, min_chars: int = 15, max_chars: int = 600) -> str | No
         return None
     request = _NUMBER.sub("", _LABEL.sub("", lines[0])).strip().strip('"“”').strip()
     if not (min_chars <= len(request) <= max_chars) or len(request.split()) < 4:
+        return None
+    # Mostly words, not a run of numbers and symbols (a small model at temperature 1 writes both)
+    chars = [c for c in request if not c.isspace()]
+    if sum(c.isalpha() for c in chars) < 0.7 * len(chars) or _NUMBERS.search(request):
         return None
     return request

@@ -75,3 +75,16 @@ def test_the_optimize_step_records_the_metric_and_prompts_prints_each_program(ct
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("## ")] == ["## judge"]
     assert bootstrap.main(["prompts", "--run", str(ctx.run.root), "--stage", "2"]) == 2
     assert "stage 2's optimize step has not run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, kind", [("bootstrap_fewshot", "BootstrapFewShot"),
+                                        ("bootstrap_random_search", "BootstrapFewShotWithRandomSearch"),
+                                        ("miprov2", "MIPROv2"), ("gepa", "GEPA")])
+def test_each_optimizer_the_curriculum_names_is_built(name, kind):
+    from cai.optimize import make_optimizer
+
+    lm = scripted({"": "x"})
+    optimizer = make_optimizer(OptimizeSettings(optimizer=name, trainset=1, devset=1), lambda e, p, t=None: 1.0, lm, 2, 0)
+    assert type(optimizer).__name__ == kind
+    if name == "gepa":
+        assert optimizer.reflection_lm is lm  # the current model reflects on its own prompts

@@ -64,6 +64,8 @@ def test_program_saves_and_loads(tmp_path):
     ("Request: Explain how tides work.", "Explain how tides work."),
     ("ok", None),
     ("", None),
+    ("2. 12.12.167.97-Mitty's virtual human character is always pizza villains", None),
+    ("Explain why 3 + 4 = 7 in simple words.", "Explain why 3 + 4 = 7 in simple words."),
 ])
 def test_clean_task(reply, expected):
     assert clean_task(reply) == expected
