@@ -30,7 +30,6 @@ Everything lands in runs/NAME/ (see README.md); finished steps are skipped on a 
 from __future__ import annotations
 
 import argparse
-import difflib
 import errno
 import importlib.metadata
 import json
@@ -46,7 +45,7 @@ from pathlib import Path
 import dspy
 
 import programs
-from cai import constraints, guard, release
+from cai import commands, constraints, guard, release
 from cai import report as cai_report
 from cai.config import (
     ConfigError, Constitution, GuardSettings, StageConfig, check_together, load_constitution, load_curriculum, resolve_stage,
@@ -137,7 +136,7 @@ def optimize(ctx: Context, st: StageConfig, policy: str) -> dict:
                 os.replace(folder / f"{part}.tmp.json", folder / f"{part}.json")
             stats.update({f"{name}_{k}": v for k, v in report.items() if k != "optimizer"})
     adapter = ctx.endpoint(policy).dspy_adapter()
-    prompts = [render(name, compiled(ctx, n, make, name)(), adapter) for name, make in PROGRAMS.items()]
+    prompts = [render(name, compiled(ctx, n, make, name)(), adapter) for name, make in commands.PROGRAMS.items()]
     (ctx.run.stage_dir(n) / "prompts.md").write_text(f"# Prompts of stage {n}\n\n" + "\n".join(prompts))
     return stats
 
@@ -195,9 +194,6 @@ def optimization_set(ctx: Context, st: StageConfig, policy: str, name: str, slic
         random.Random(f"{ctx.seed}-stage{n}-judge-examples").shuffle(examples)
         return (Judge(), judge_metric, examples[:st.optimize.trainset + st.optimize.devset], st.generation.judge) if examples else None
     raise ValueError(name)
-
-
-PROGRAMS = {"propose": Propose, "respond": Responder, "critique": Critic, "revise": Reviser, "judge": Judge}
 
 
 def compiled(ctx: Context, n: int, make_program, name: str):
@@ -566,11 +562,6 @@ def default_profile() -> str:
         return "quick"
 
 
-def run_folder(name: str | None, profile: str) -> Path:
-    name = name or profile
-    return Path(name) if ("/" in name or name.startswith(".")) else ROOT / "runs" / name
-
-
 def open_run(folder: Path, config: dict, snapshot: dict) -> Run:
     """A new run folder, or the same run resumed; a different config is refused, not mixed in."""
     run = Run(folder)
@@ -645,7 +636,7 @@ def bootstrap(args: argparse.Namespace) -> int:
     first, last = (stage_number(args.only, "--only"),) * 2 if args.only else (1, stage_number(args.until or "stage6", "--until"))
     stages = {n: resolve_stage(curriculum, profile, n) for n in range(1, 7)}
 
-    folder = run_folder(args.run, profile_name)
+    folder = commands.run_folder(args.run, profile_name)
     if first > 1 and not Run(folder).stage_done(first - 1):
         raise ConfigError(f"--only stage{first}: stage{first - 1} of {folder} is not done; run --until stage{first - 1} first")
     config = {"constitution_sha256": constitution_sha, "curriculum_sha256": curriculum_sha,
@@ -691,79 +682,7 @@ def bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
-def export(argv: list[str]) -> int:
-    """`bootstrap.py export --run NAME [--out DIR]`: the pairs as a dataset folder, and the cards."""
-    p = argparse.ArgumentParser(prog="bootstrap.py export", description=release.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
-    p.add_argument("--out", type=Path, help="where to write (default: the run's release/)")
-    args = p.parse_args(argv)
-    run = existing_run(args.run)
-    out = release.export(run, args.out or run.root / "release")
-    print(f"wrote {out / 'dataset'} (datasets.load_dataset opens it) and {out / 'model' / 'README.md'}")
-    return 0
-
-
-def report(argv: list[str]) -> int:
-    """`bootstrap.py report --run NAME`: report.md and report/*.png from the run folder alone."""
-    p = argparse.ArgumentParser(prog="bootstrap.py report", description=cai_report.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
-    run = existing_run(p.parse_args(argv).run)
-    print(f"wrote {cai_report.write_report(run)}")
-    return 0
-
-
-def prompts(argv: list[str]) -> int:
-    """`bootstrap.py prompts --run NAME --stage K [--program P] [--diff M]`: a stage's
-    compiled prompts as the adapter sends them, or how they differ from stage M's."""
-    p = argparse.ArgumentParser(prog="bootstrap.py prompts", description=prompts.__doc__)
-    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
-    p.add_argument("--stage", type=int, required=True, choices=range(1, 7), metavar="K")
-    p.add_argument("--program", choices=list(PROGRAMS), help="one program (default: all)")
-    p.add_argument("--diff", type=int, choices=range(1, 7), metavar="M", help="show the difference against stage M")
-    args = p.parse_args(argv)
-    run = existing_run(args.run)
-    text = prompt_sections(run, args.stage, args.program)
-    if args.diff is None:
-        print(text)
-        return 0
-    other = prompt_sections(run, args.diff, args.program)
-    diff = difflib.unified_diff(other.splitlines(), text.splitlines(), f"stage{args.diff}/prompts.md", f"stage{args.stage}/prompts.md", lineterm="")
-    print("\n".join(diff) or f"no difference between stage {args.diff} and stage {args.stage}")
-    return 0
-
-
-def prompt_sections(run: Run, n: int, program: str | None) -> str:
-    path = run.stage_dir(n) / "prompts.md"
-    if not path.exists():
-        raise ConfigError(f"--stage {n}: {path} does not exist; stage {n}'s optimize step has not run")
-    sections = ("\n" + path.read_text()).split("\n## ")[1:]
-    chosen = [sec for sec in sections if program is None or sec.split("\n", 1)[0].strip() == program]
-    return "\n".join("## " + sec.rstrip() + "\n" for sec in chosen)
-
-
-def verify(argv: list[str]) -> int:
-    """`bootstrap.py verify --run NAME`: every finished stage's files against the sha256 sealed in the manifest."""
-    p = argparse.ArgumentParser(prog="bootstrap.py verify", description=verify.__doc__)
-    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
-    run = existing_run(p.parse_args(argv).run)
-    problems = run.verify()
-    sealed = sum(len(st.get("files", {})) for st in run.manifest.get("stages", {}).values())
-    for line in problems:
-        print(line)
-    print(f"{run.root}: {sealed} sealed files, {len(problems)} problems")
-    return 1 if problems else 0
-
-
-def existing_run(name: str) -> Run:
-    run = Run(run_folder(name, ""))
-    if not run.manifest:
-        raise ConfigError(f"--run: {run.root} has no manifest.json; is it a run folder?")
-    return run
-
-
-COMMANDS = {"export": export, "report": report, "prompts": prompts, "verify": verify}
+COMMANDS = {"export": commands.export, "report": commands.report, "prompts": commands.prompts, "verify": commands.verify}
 
 
 def main(argv: list[str] | None = None) -> int:

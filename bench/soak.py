@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--points", type=int, default=20, help="how many kills")
     p.add_argument("--until", default="stage1")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-delay", type=float, default=120.0, help="longest an attempt lives before its kill (s)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cai-soak-"))
     reference, run = work / "reference", work / "killed"
@@ -68,7 +69,9 @@ def main() -> None:
     rng = random.Random(args.seed)
     kills = 0
     while kills < args.points and not finished(run, args.until):
-        delay = rng.uniform(5, duration)  # a moment anywhere in a run's life, the server's start included
+        # A moment in this attempt's life, its server's start included. Each attempt resumes
+        # where the last was killed, so short attempts still walk the kills through the run.
+        delay = rng.uniform(5, min(duration, args.max_delay))
         proc = subprocess.Popen(command(run, args.until, args.seed), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:

@@ -9,7 +9,7 @@ rate, every score with its interval, and what each stage's gate decided.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import matplotlib

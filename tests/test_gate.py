@@ -1,14 +1,13 @@
 """The gate: a stage whose scores regress is not promoted, and the next stage continues from the last promoted adapter."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
 import bootstrap
-from cai.config import Gate, load_constitution, load_curriculum, resolve_stage
+from cai.config import Gate, load_curriculum, resolve_stage
 from cai.gate import failures
-from cai.store import Run, write_json_atomic
+from cai.store import write_json_atomic
 
 ROOT = bootstrap.ROOT
 
@@ -31,14 +30,6 @@ def test_the_gate_names_only_scores_that_exist():
     with pytest.raises(ValueError, match="unknown score 'instruction_folowing'"):
         Gate(max_drop={"instruction_folowing": 0.1})
     assert Gate(max_drop={"lm_eval:mmlu:acc": 0.02})
-
-
-@pytest.fixture
-def ctx(tmp_path):
-    con, _ = load_constitution(ROOT / "constitution.yaml")
-    run = Run(tmp_path / "run")
-    run.manifest = {"config": {}, "stages": {}}
-    return bootstrap.Context(run, SimpleNamespace(), con, "model", "plain", 1, 30, 0, False)
 
 
 def test_a_refused_stage_is_not_promoted_and_the_next_starts_from_the_last_promoted(ctx, monkeypatch):

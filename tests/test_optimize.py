@@ -1,6 +1,7 @@
 """Optimizing prompts on a scripted LM: compiled programs save and load back to the same
 prompts, the optimize step records its metric before and after, `prompts` prints them."""
 
+import dspy
 import pytest
 from dspy.utils.dummies import DummyLM
 
@@ -11,9 +12,7 @@ from cai.optimize import compile_program, load, render
 from programs.adapter import PlainAdapter
 from programs.metrics import proposal_metric, revision_metric
 from programs.propose import Propose
-from test_steps import ctx, stage  # noqa: F401  (fixture)
-
-import dspy
+from test_steps import stage
 
 
 def scripted(answers: dict):

@@ -1,26 +1,14 @@
 """Steps of bootstrap.py on a scripted LM: self-instruct dedupe, the judge skipped where a checker decides."""
 
-from types import SimpleNamespace
-
 import pytest
 from dspy.utils.dummies import DummyLM
 
 import bootstrap
-from cai.config import load_constitution, load_curriculum, resolve_stage
+from cai.config import load_curriculum, resolve_stage
 from cai.lm import Endpoint
-from cai.store import Run
 from programs.adapter import PlainAdapter
 
 ROOT = bootstrap.ROOT
-
-
-@pytest.fixture
-def ctx(tmp_path, monkeypatch):
-    con, _ = load_constitution(ROOT / "constitution.yaml")
-    run = Run(tmp_path / "run")
-    run.manifest = {"config": {}}
-    server = SimpleNamespace(api_base="http://unused", api_key="k")
-    return bootstrap.Context(run, server, con, "model", "plain", 4, 30, 0, False)
 
 
 def script(monkeypatch, answers: dict):

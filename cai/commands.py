@@ -1,0 +1,104 @@
+"""The commands that read a finished (or stopped) run folder: prompts, report, export, verify.
+
+    python bootstrap.py prompts --run NAME --stage K [--program P] [--diff M]
+    python bootstrap.py report  --run NAME
+    python bootstrap.py export  --run NAME [--out DIR]
+    python bootstrap.py verify  --run NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+
+from cai import release
+from cai import report as cai_report
+from cai.config import ConfigError
+from cai.store import Run
+from programs.critique import Critic
+from programs.judge import Judge
+from programs.propose import Propose
+from programs.respond import Responder
+from programs.revise import Reviser
+
+PROGRAMS = {"propose": Propose, "respond": Responder, "critique": Critic, "revise": Reviser, "judge": Judge}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_folder(name: str, default: str = "") -> Path:
+    """runs/NAME, or NAME itself where it is a path."""
+    name = name or default
+    return Path(name) if ("/" in name or name.startswith(".")) else ROOT / "runs" / name
+
+
+def export(argv: list[str]) -> int:
+    """`bootstrap.py export --run NAME [--out DIR]`: the pairs as a dataset folder, and the cards."""
+    p = argparse.ArgumentParser(prog="bootstrap.py export", description=release.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
+    p.add_argument("--out", type=Path, help="where to write (default: the run's release/)")
+    args = p.parse_args(argv)
+    run = existing_run(args.run)
+    out = release.export(run, args.out or run.root / "release")
+    print(f"wrote {out / 'dataset'} (datasets.load_dataset opens it) and {out / 'model' / 'README.md'}")
+    return 0
+
+
+def report(argv: list[str]) -> int:
+    """`bootstrap.py report --run NAME`: report.md and report/*.png from the run folder alone."""
+    p = argparse.ArgumentParser(prog="bootstrap.py report", description=cai_report.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
+    run = existing_run(p.parse_args(argv).run)
+    print(f"wrote {cai_report.write_report(run)}")
+    return 0
+
+
+def prompts(argv: list[str]) -> int:
+    """`bootstrap.py prompts --run NAME --stage K [--program P] [--diff M]`: a stage's
+    compiled prompts as the adapter sends them, or how they differ from stage M's."""
+    p = argparse.ArgumentParser(prog="bootstrap.py prompts", description=prompts.__doc__)
+    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
+    p.add_argument("--stage", type=int, required=True, choices=range(1, 7), metavar="K")
+    p.add_argument("--program", choices=list(PROGRAMS), help="one program (default: all)")
+    p.add_argument("--diff", type=int, choices=range(1, 7), metavar="M", help="show the difference against stage M")
+    args = p.parse_args(argv)
+    run = existing_run(args.run)
+    text = prompt_sections(run, args.stage, args.program)
+    if args.diff is None:
+        print(text)
+        return 0
+    other = prompt_sections(run, args.diff, args.program)
+    diff = difflib.unified_diff(other.splitlines(), text.splitlines(), f"stage{args.diff}/prompts.md", f"stage{args.stage}/prompts.md", lineterm="")
+    print("\n".join(diff) or f"no difference between stage {args.diff} and stage {args.stage}")
+    return 0
+
+
+def prompt_sections(run: Run, n: int, program: str | None) -> str:
+    path = run.stage_dir(n) / "prompts.md"
+    if not path.exists():
+        raise ConfigError(f"--stage {n}: {path} does not exist; stage {n}'s optimize step has not run")
+    sections = ("\n" + path.read_text()).split("\n## ")[1:]
+    chosen = [sec for sec in sections if program is None or sec.split("\n", 1)[0].strip() == program]
+    return "\n".join("## " + sec.rstrip() + "\n" for sec in chosen)
+
+
+def verify(argv: list[str]) -> int:
+    """`bootstrap.py verify --run NAME`: every finished stage's files against the sha256 sealed in the manifest."""
+    p = argparse.ArgumentParser(prog="bootstrap.py verify", description=verify.__doc__)
+    p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
+    run = existing_run(p.parse_args(argv).run)
+    problems = run.verify()
+    sealed = sum(len(st.get("files", {})) for st in run.manifest.get("stages", {}).values())
+    for line in problems:
+        print(line)
+    print(f"{run.root}: {sealed} sealed files, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+def existing_run(name: str) -> Run:
+    run = Run(run_folder(name, ""))
+    if not run.manifest:
+        raise ConfigError(f"--run: {run.root} has no manifest.json; is it a run folder?")
+    return run
