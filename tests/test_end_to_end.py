@@ -44,8 +44,9 @@ def run_and_kill(args: list[str], run: Path, err_path: Path, kill_at: str, serve
         proc = subprocess.Popen([sys.executable, str(ROOT / "bootstrap.py"), *args], stdout=subprocess.PIPE, stderr=err, text=True)
         for line in proc.stdout:
             out.write(line)
-            if server_kill_at and line.startswith(server_kill_at):
+            if server_kill_at and line.startswith(server_kill_at):  # once: the resumed step prints it again
                 os.killpg(json.loads((run / "server.pid").read_text())["pid"], signal.SIGKILL)
+                server_kill_at = None
             if line.startswith(kill_at):
                 break
         server_pid = json.loads((run / "server.pid").read_text())["pid"]
