@@ -457,12 +457,17 @@ def judge_against(ctx: Context, st: StageConfig, ours: list[dict], other: str, f
 
 
 def gate(ctx: Context, st: StageConfig, reference: str) -> dict:
-    """Promote the stage's adapter only if its scores hold against the last promoted stage's."""
+    """Promote the stage's adapter only if its scores hold against the last promoted stage's
+    and against the base's, so small regressions that each pass cannot add up unnoticed."""
     n = st.number
-    m = 0 if reference == BASE_NAME else int(reference.removeprefix("stage"))
     scores = json.loads((ctx.run.stage_dir(n) / "eval.json").read_text())
-    against = json.loads((ctx.run.stage_dir(m) / "eval.json").read_text())
-    failed, missing = gate_failures(scores, against, st.gate)
+    failed, missing = [], []
+    for name in dict.fromkeys([reference, BASE_NAME]):
+        m = 0 if name == BASE_NAME else int(name.removeprefix("stage"))
+        against = json.loads((ctx.run.stage_dir(m) / "eval.json").read_text())
+        more_failed, more_missing = gate_failures(scores, against, st.gate)
+        failed += [f"{f} (against {name})" for f in more_failed]
+        missing += [x for x in more_missing if x not in missing]
     ctx.run.stage(n).update(promoted=not failed, gate={"against": reference, "failed": failed, "not_measured": missing})
     if failed and st.gate.on_fail == "stop":
         ctx.run.save()

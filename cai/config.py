@@ -152,7 +152,7 @@ class OptimizeSettings(Strict):
 
 
 class Gate(Strict):
-    """What a stage must hold against the last promoted stage (or the base) to be promoted."""
+    """What a stage must hold, against the last promoted stage and against the base, to be promoted."""
 
     max_drop: dict[str, float] = {}  # a score that may fall at most this much (higher is better)
     max_rise: dict[str, float] = {}  # a rate that may rise at most this much (lower is better)

@@ -1,7 +1,8 @@
 """The gate: a stage is promoted only if its scores hold against the last promoted stage.
 
-The reference is the last promoted stage's `eval.json` (the base's for stage 1), so a
-run of small regressions cannot add up unnoticed across stages that each passed.
+bootstrap.py checks a stage against the last promoted stage's `eval.json` and against
+the base's, so a run of small regressions cannot add up unnoticed across stages that
+each passed.
 """
 
 from __future__ import annotations

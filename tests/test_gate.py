@@ -56,7 +56,9 @@ def test_a_refused_stage_is_not_promoted_and_the_next_starts_from_the_last_promo
     assert trained_from == ["stage0", "stage1", "stage1"] and policy == "stage3"
     manifest = json.loads(run.manifest_path.read_text())
     assert [manifest["stages"][f"stage{n}"]["promoted"] for n in (1, 2, 3)] == [True, False, True]
-    assert manifest["stages"]["stage2"]["gate"]["failed"] == ["instruction_following fell from 0.500 to 0.200 (allowed: drop of 0.1)"]
+    assert manifest["stages"]["stage2"]["gate"]["failed"] == [
+        "instruction_following fell from 0.500 to 0.200 (allowed: drop of 0.1) (against stage1)",
+        "instruction_following fell from 0.400 to 0.200 (allowed: drop of 0.1) (against stage0)"]
     assert manifest["stages"]["stage3"]["gate"]["against"] == "stage1"
 
 
@@ -82,3 +84,13 @@ def test_a_stage_whose_training_diverged_is_not_promoted_and_the_policy_stays(ct
     manifest = json.loads(ctx.run.manifest_path.read_text())["stages"]["stage2"]
     assert manifest["promoted"] is False and manifest["gate"]["failed"] == ["training diverged: loss nan at step 3"]
     assert manifest["steps"]["gate"]["skipped"] == "training diverged"
+
+
+def test_small_drops_that_each_pass_cannot_add_up_past_the_base(ctx):
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    st = resolve_stage(cur, cur.profiles["quick"], 3)
+    write_json_atomic(ctx.run.stage_dir(0) / "eval.json", {"instruction_following": score(0.5)})
+    write_json_atomic(ctx.run.stage_dir(2) / "eval.json", {"instruction_following": score(0.42)})  # promoted: -0.08
+    write_json_atomic(ctx.run.stage_dir(3) / "eval.json", {"instruction_following": score(0.34)})  # -0.08 again
+    assert bootstrap.gate(ctx, st, "stage2")["promoted"] is False
+    assert ctx.run.stage(3)["gate"]["failed"] == ["instruction_following fell from 0.500 to 0.340 (allowed: drop of 0.1) (against stage0)"]
