@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cai.config import Sampling, load_curriculum  # noqa: E402
-from cai.lm import Endpoint, Job, request_seed, run_jobs  # noqa: E402
+from cai.lm import Endpoint, Job, program_call, request_seed, run_jobs  # noqa: E402
 from cai.model import EMBEDDED, resolve_model  # noqa: E402
 from cai.serve import BASE_NAME, ServeSettings, VLLMServer  # noqa: E402
 from cai.store import Records  # noqa: E402
@@ -56,7 +56,7 @@ def ours(server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency
     jobs = [Job(f"{tag}{i}", {"request": p}) for i, p in enumerate(prompts)]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        stats = run_jobs(jobs, Responder, "response", endpoint, sampling, Records(Path(tmp) / "r.jsonl"), concurrency, 0)
+        stats = run_jobs(jobs, program_call(Responder, "response", endpoint, sampling), Records(Path(tmp) / "r.jsonl"), concurrency, 0)
         seconds = time.perf_counter() - start
     return stats["completion_tokens"], seconds
 
