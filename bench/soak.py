@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def command(run: Path, until: str, seed: int) -> list[str]:
-    return [sys.executable, str(ROOT / "bootstrap.py"), "--until", until, "--run", str(run), "--profile", "tiny", "--seed", str(seed)]
+def command(run: Path, curriculum: Path, until: str, seed: int) -> list[str]:
+    return [sys.executable, str(ROOT / "bootstrap.py"), "--until", until, "--run", str(run), "--curriculum", str(curriculum),
+            "--profile", "tiny", "--seed", str(seed)]
 
 
 def finished(run: Path, until: str) -> bool:
@@ -60,9 +62,11 @@ def main() -> None:
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cai-soak-"))
     reference, run = work / "reference", work / "killed"
+    curriculum = work / "curriculum.yaml"  # a copy: an edit to the repo's file mid-soak would make the runs refuse to resume
+    shutil.copy(ROOT / "curriculum.yaml", curriculum)
 
     start = time.monotonic()
-    subprocess.run(command(reference, args.until, args.seed), check=True, capture_output=True)
+    subprocess.run(command(reference, curriculum, args.until, args.seed), check=True, capture_output=True)
     duration = time.monotonic() - start
     print(f"uninterrupted: {duration:.0f} s", flush=True)
 
@@ -72,7 +76,7 @@ def main() -> None:
         # A moment in this attempt's life, its server's start included. Each attempt resumes
         # where the last was killed, so short attempts still walk the kills through the run.
         delay = rng.uniform(5, min(duration, args.max_delay))
-        proc = subprocess.Popen(command(run, args.until, args.seed), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(command(run, curriculum, args.until, args.seed), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             proc.wait(timeout=delay)
@@ -82,7 +86,7 @@ def main() -> None:
             kills += 1
             print(f"kill {kills}: after {delay:.0f} s", flush=True)
             time.sleep(2)  # the server follows its controller (PDEATHSIG)
-    rest = subprocess.run(command(run, args.until, args.seed), capture_output=True, text=True)
+    rest = subprocess.run(command(run, curriculum, args.until, args.seed), capture_output=True, text=True)
     if rest.returncode != 0:
         print(rest.stderr[-2000:], file=sys.stderr)
     figures = compare(run, reference)
