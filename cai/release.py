@@ -8,11 +8,14 @@ alone, so they say only what the run recorded.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
 import yaml
+from datasets import DatasetInfo
 
 from cai.store import Run, read_jsonl, write_jsonl_atomic
 
@@ -25,6 +28,28 @@ GUARD_SAYS = {
             "so treat this data as unfiltered for harm. Items it did flag, or whose verdict did not parse, were dropped.",
     "off": "**Unfiltered.** No safety filter ran on this data.",
 }
+
+
+def pair_features():
+    """The pairs' schema, stated in the card: without it, a stage whose pairs all leave a
+    field empty (no judge on best-of-n pairs) infers another type and the splits disagree."""
+    from datasets import Features, Value
+
+    text = Value("string")
+    turn = [{"role": text, "content": text}]
+    verdict = {"safe": Value("bool"), "categories": [text], "parsed": Value("bool")}
+    side = {"record_id": text, "model": text, "program": text}
+    return Features({
+        "id": text, "prompt": turn, "chosen": turn, "rejected": turn,
+        "provenance": {
+            "stage": Value("int64"), "task_id": text, "task_source": text, "source": text, "decided_by": text,
+            "principle_id": text, "critique": text,
+            "judge": {"ab": text, "ba": text, "margin_ab": Value("float64"), "margin_ba": Value("float64")},
+            "constraint": {"id": text, "description": text, "chosen_keeps": Value("bool"), "rejected_keeps": Value("bool")},
+            "guard": {"mode": text, "prompt": verdict, "chosen": verdict, "rejected": verdict},
+            "chosen": side, "rejected": side,
+        },
+    })
 
 
 def use_terms() -> str:
@@ -50,10 +75,19 @@ def _yaml_header(meta: dict) -> str:
 
 
 def write_dataset(run: Run, out: Path) -> Path:
-    """`out/data/stageN.jsonl` and `out/README.md`, a card whose `configs` make one split a stage."""
+    """`out/data/stageN-<sha>.jsonl` and `out/README.md`, a card whose `configs` make one split a stage.
+
+    The sha of the pairs is in each file name because datasets 5.2 caches a local folder
+    by its name and relative file names, not its content (measured here: two exports
+    named `dataset` loaded as the first one's rows).
+    """
     stages = _stages(run)
+    files = {}
+    shutil.rmtree(out / "data", ignore_errors=True)
     for n in stages:
-        write_jsonl_atomic(out / "data" / f"stage{n}.jsonl", read_jsonl(run.stage_dir(n) / "pairs.jsonl"))
+        source = run.stage_dir(n) / "pairs.jsonl"
+        files[n] = f"data/stage{n}-{hashlib.sha256(source.read_bytes()).hexdigest()[:10]}.jsonl"
+        write_jsonl_atomic(out / files[n], read_jsonl(source))
     mode, guard_model = _guard_mode(run)
     cfg = run.manifest["config"]
     snapshot = run.manifest["snapshot"]["curriculum"]
@@ -71,7 +105,8 @@ def write_dataset(run: Run, out: Path) -> Path:
         "tags": ["dpo", "preference", "constitutional-ai", "synthetic"],
         "pretty_name": f"cai-bootstrap pairs: {run.manifest['run']}",
         "configs": [{"config_name": "default",
-                     "data_files": [{"split": f"stage{n}", "path": f"data/stage{n}.jsonl"} for n in stages]}],
+                     "data_files": [{"split": f"stage{n}", "path": files[n]} for n in stages]}],
+        "dataset_info": DatasetInfo(features=pair_features())._to_yaml_dict(),
     })
     card = f"""{header}# Preference pairs from the run `{run.manifest['run']}`
 

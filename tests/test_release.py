@@ -76,3 +76,13 @@ def test_cards_say_what_made_the_data_and_the_terms(tmp_path):
         assert "help build weapons" in card and "Intended use" in model_card  # the use restrictions travel with both
     assert json.loads(json.dumps(dataset_card))  # plain text, no template left unfilled
     assert "{" not in dataset_card.split("## License")[0].replace("{}", "")
+
+
+def test_two_exports_of_the_same_name_do_not_share_a_cache(tmp_path):
+    from cai import release
+
+    one = fixture_run(tmp_path / "a")
+    two = fixture_run(tmp_path / "b")
+    write_jsonl_atomic(two.stage_dir(1) / "pairs.jsonl", stage_pairs(1)[:1])
+    rows = [datasets.load_dataset(str(release.export(run, run.root / "release") / "dataset"))["stage1"].num_rows for run in (one, two)]
+    assert rows == [2, 1]
