@@ -17,13 +17,16 @@ For each stage of curriculum.yaml, the current model (served by vLLM as `stage{N
   revise    rewrites the answer to fix what the critique found
   judge     compares original and revision, in both orders
   guard     Llama Guard 3's verdict on every prompt and answer (or the model's own, or off)
+  quality   relevance to the request, repetition, length and boilerplate of every answer
   pairs     keeps (prompt, chosen, rejected) where a checker or a sure, consistent judge
-            decides and the guard found nothing unsafe
+            decides, the guard found nothing unsafe and the chosen side is on topic,
+            not much shorter, not repetitive
   train     DPO (or ORPO) with LoRA, continuing the previous stage's adapter
   swap      loads the new adapter into the running server as `stage{N}`
   evaluate  runs the held-out suites against `stage{N}` through lm-eval
   gate      promotes `stage{N}` only if its scores hold against the last promoted stage;
-            if not, the next stage continues from the last promoted adapter
+            if not, the next stage continues from the last promoted adapter (so too
+            where too few pairs passed, or training diverged)
 Everything lands in runs/NAME/ (see README.md); finished steps are skipped on a re-run.
 """
 
@@ -45,12 +48,14 @@ from pathlib import Path
 import dspy
 
 import programs
-from cai import commands, constraints, guard, release
+from cai import commands, constraints, guard, quality, release
 from cai import report as cai_report
 from cai.config import (
     ConfigError, Constitution, GuardSettings, StageConfig, check_together, load_constitution, load_curriculum, resolve_stage,
 )
-from cai.evaluate import TASK_OF, extra_task_scores, proportion, run_lm_eval, score_suites, suite_samples, win_rate
+from cai.evaluate import (
+    QUALITY_ON, TASK_OF, extra_task_scores, proportion, quality_scores, run_lm_eval, score_suites, suite_samples, win_rate,
+)
 from cai.gate import failures as gate_failures
 from cai.lm import Endpoint, Job, RequestFailed, program_call, request_seed, run_jobs
 from cai.optimize import compile_program, render
@@ -92,6 +97,7 @@ class Context:
     trust_remote_code: bool
     guard: GuardSettings = GuardSettings()
     server_restarts: int = 2
+    embedding_model: str = quality.EMBEDDED_EMBEDDER
 
     def endpoint(self, served_name: str) -> Endpoint:
         return Endpoint(self.server.api_base, self.server.api_key, served_name, self.adapter, self.timeout_s)
@@ -319,6 +325,9 @@ def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict
     (cai/pairs.py), so the judge is not asked: on the CPU these long prompts are the
     slowest requests of the stage.
     """
+    sources, trust = trusted_sources(ctx, st)
+    if "judge" not in sources:  # its verdicts would not be used: don't spend the CPU
+        return {"skipped": "the judge is not a trusted pair source at this stage", **trust}
     responses, revisions = ctx.run.records(st.number, "responses"), ctx.run.records(st.number, "revisions")
     principles = {p.id: p for p in ctx.constitution.principles}
     by_task = {t["id"]: t for t in tasks}
@@ -336,7 +345,20 @@ def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict
     make = compiled(ctx, st.number, Judge, "judge")
     stats = run_jobs(jobs, ctx.call(make, "better", policy, st.generation.judge), ctx.run.records(st.number, "judgments"),
                      ctx.concurrency, ctx.seed, programs.version(make, f"stage{st.number}/judge"))
-    return {**stats, "skipped_checker_decides": checker_decides}
+    return {**stats, "skipped_checker_decides": checker_decides, **trust}
+
+
+def trusted_sources(ctx: Context, st: StageConfig) -> tuple[list[str], dict]:
+    """The stage's pair sources as far as they are trusted: `judge` stays only where the judge,
+    compiled this stage, agreed with the checker on held-out pairs (optimize's dev set) at
+    least `judge_min_agreement` of the time. At 135M it does not (DESIGN.md)."""
+    sources = list(st.pair_sources)
+    optimized = ctx.run.stage(st.number).get("steps", {}).get("optimize", {})
+    agreement = optimized.get("judge_after")
+    if "judge" in sources and (agreement is None or agreement < st.judge_min_agreement):
+        sources.remove("judge")
+    return sources, {"judge_agreement": agreement, "judge_agreement_n": optimized.get("judge_dev"),
+                     "judge_trusted": "judge" in sources}
 
 
 def safety_check(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
@@ -365,21 +387,30 @@ def classify(ctx: Context, jobs: list[Job], out, policy: str) -> dict:
         return run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
 
 
+def measure_quality(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
+    """Relevance to the bare request, repetition, length and boilerplate of every answer and
+    revision, once; the pair filters and the report read `quality.jsonl`."""
+    n = st.number
+    request_of = {t["id"]: t["request"] for t in tasks}
+    answers = [(r, r["response"]) for r in ctx.run.records(n, "responses") if r["ok"]]
+    answers += [(r, r["revision"]) for r in ctx.run.records(n, "revisions") if r["ok"]]
+    found = quality.signals([request_of[r["task_id"]] for r, _ in answers], [text for _, text in answers],
+                            quality.embedder(ctx.embedding_model))
+    rows = [{"id": r["id"], "task_id": r["task_id"], **q} for (r, _), q in zip(answers, found)]
+    write_jsonl_atomic(ctx.run.stage_dir(n) / "quality.jsonl", rows)
+    return quality.summary(found)
+
+
 def make_pairs(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
     n = st.number
+    signals = {q["id"]: q for q in _read(ctx.run, n, "quality")}
+    sources, trust = trusted_sources(ctx, st)
     pairs, counts, unsafe = build_pairs(n, tasks, *(list(ctx.run.records(n, name)) for name in ("responses", "critiques", "revisions", "judgments", "guard")),
-                                        guard_mode=ctx.guard.mode, judge_margin=st.judge_margin)
-    write_jsonl_atomic(ctx.run.stage_dir(n) / "safety.jsonl", unsafe)  # before the check below: kept even if it stops the run
-    if len(pairs) < st.train.min_pairs:
-        steps = ctx.run.stage(n)["steps"]
-        raise StageError(
-            f"stage{n}: pairs: {len(pairs)} usable pairs (need {st.train.min_pairs}); "
-            f"{dict(counts)}; upstream: respond ok={steps['respond'].get('ok')}, "
-            f"revise ok={steps['revise'].get('ok')}, judge ok={steps['judge'].get('ok')}/{steps['judge'].get('requested')}. "
-            f"See {ctx.run.stage_dir(n)}/judgments.jsonl; more tasks or samples (curriculum.yaml counts) give more pairs."
-        )
+                                        guard_mode=ctx.guard.mode, judge_margin=st.judge_margin, quality=signals, filters=st.pair_filters,
+                                        sources=sources)
+    write_jsonl_atomic(ctx.run.stage_dir(n) / "safety.jsonl", unsafe)
     write_jsonl_atomic(ctx.run.stage_dir(n) / "pairs.jsonl", pairs)
-    return dict(counts)
+    return {**counts, "sources": sources, **trust}
 
 
 def train(ctx: Context, st: StageConfig, previous: str) -> dict:
@@ -414,9 +445,15 @@ def evaluate(ctx: Context, st: StageConfig, served: str, reference: str = BASE_N
     except Exception as e:  # lm-eval raises its client's errors: the caller decides whether the server is at fault
         raise RequestFailed(f"evaluate: lm-eval against {served}: {type(e).__name__}: {e}"[:500]) from e
     samples = suite_samples(output)
+    read = [r for suite in QUALITY_ON for r in samples.get(suite, [])]
+    for r, q in zip(read, quality.signals([r["doc"].get("request", r["doc"]["prompt"]) for r in read], [r["response"] for r in read],
+                                          quality.embedder(ctx.embedding_model))):
+        r["quality"] = q
     for suite, rows in samples.items():
         write_jsonl_atomic(folder / f"{suite}.jsonl", rows)
     scores = score_suites(samples)
+    if read:
+        scores.update(quality_scores([r["quality"] for r in read], quality.OFF_TOPIC_BELOW))
     if "harmlessness" in samples and ctx.guard.mode != "off":
         jobs = [Job(f"{r['id']}-guard", {"user": r["doc"]["prompt"], "agent": r["response"]}, {"target": r["id"], "role": "agent"})
                 for r in samples["harmlessness"]]
@@ -490,18 +527,29 @@ def run_stage(ctx: Context, st: StageConfig, policy: str) -> str:
     step(ctx, n, "revise", lambda: revise(ctx, st, policy, tasks))
     step(ctx, n, "judge", lambda: judge(ctx, st, policy, tasks))
     step(ctx, n, "guard", lambda: safety_check(ctx, st, policy, tasks))
+    step(ctx, n, "quality", lambda: measure_quality(ctx, st, tasks))
     step(ctx, n, "pairs", lambda: make_pairs(ctx, st, tasks))
+    made = ctx.run.stage(n)["steps"]["pairs"].get("pairs", 0)
+    if made < st.train.min_pairs:
+        return not_trained(ctx, n, policy, "too few pairs", f"{made} pairs passed (train.min_pairs is {st.train.min_pairs})",
+                           ("train", "swap", "evaluate", "gate"))
     step(ctx, n, "train", lambda: train(ctx, st, policy))
     if diverged := ctx.run.stage(n)["steps"]["train"].get("diverged"):
-        ctx.run.stage(n).update(promoted=False, gate={"against": policy, "failed": [f"training diverged: {diverged}"], "not_measured": []})
-        for name in ("swap", "evaluate", "gate"):
-            step(ctx, n, name, lambda: {"skipped": "training diverged"})
-        print(f"stage{n}: training diverged ({diverged}); {policy} stays the policy", flush=True)
-        return policy
+        return not_trained(ctx, n, policy, "training diverged", diverged, ("swap", "evaluate", "gate"))
     step(ctx, n, "swap", lambda: swap(ctx, st))
     step(ctx, n, "evaluate", lambda: evaluate(ctx, st, f"stage{n}", reference=policy))
     step(ctx, n, "gate", lambda: gate(ctx, st, policy))
     return f"stage{n}" if ctx.run.stage(n).get("promoted") else policy
+
+
+def not_trained(ctx: Context, n: int, policy: str, what: str, detail: str, skipped: tuple[str, ...]) -> str:
+    """A stage that made no adapter to promote: recorded as not promoted, its remaining steps
+    marked skipped, and `policy` stays the policy, so the next stage goes on from it."""
+    ctx.run.stage(n).update(promoted=False, gate={"against": policy, "failed": [f"{what}: {detail}"], "not_measured": []})
+    for name in skipped:
+        step(ctx, n, name, lambda: {"skipped": what})
+    print(f"stage{n}: {what} ({detail}); {policy} stays the policy", flush=True)
+    return policy
 
 
 def run_stage_surviving_faults(ctx: Context, st: StageConfig, policy: str) -> str:
@@ -651,6 +699,10 @@ def bootstrap(args: argparse.Namespace) -> int:
         model = resolve_model(profile.model, ROOT / "models")
     except ModelError as e:
         raise ConfigError(f"{args.curriculum}: profiles.{profile_name}.model: {e}") from None
+    try:
+        quality.resolve_embedder(profile.embedding_model)
+    except quality.EmbedderError as e:
+        raise ConfigError(f"{args.curriculum}: profiles.{profile_name}.embedding_model: {e}") from None
     if profile.serve.port and port_in_use(profile.serve.port):
         raise ConfigError(f"{args.curriculum}: profiles.{profile_name}.serve.port: port {profile.serve.port} on 127.0.0.1 "
                           f"is in use; choose another, or 0 for any free port")
@@ -671,7 +723,8 @@ def bootstrap(args: argparse.Namespace) -> int:
     print(f"run {run.root}  profile={profile_name} model={profile.model} seed={seed} stages {first}..{last}", flush=True)
     with VLLMServer(settings, run.root / "server.log", run.root / "server.pid") as server:
         ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency,
-                      profile.request_timeout_s, seed, profile.trust_remote_code, profile.guard, profile.server_restarts)
+                      profile.request_timeout_s, seed, profile.trust_remote_code, profile.guard, profile.server_restarts,
+                      profile.embedding_model)
         step(ctx, 0, "evaluate", lambda: evaluate(ctx, stages[1], BASE_NAME))
         policy = BASE_NAME
         for n in range(1, last + 1):

@@ -26,9 +26,14 @@ STAGE_TYPES = (
 
 
 SUITES = ("instruction_following", "harmlessness", "over_refusal", "helpfulness")
+# Where a pair's verdict comes from: best-of-n samples the checker separates, a revision
+# the checker prefers (or not), a revision the judge prefers where the checker is silent.
+PAIR_SOURCES = ("best_of_n", "revision", "judge")
 # What evaluate writes to eval.json (besides `lm_eval:<task>:<metric>` for added lm-eval tasks).
 SCORES = ("instruction_following", "instruction_following_loose", "instruction_following_inst_level",
-          "harmlessness_refusal", "harmlessness_unsafe", "over_refusal", "win_rate_vs_previous", "win_rate_vs_base")
+          "harmlessness_refusal", "harmlessness_unsafe", "over_refusal", "win_rate_vs_previous", "win_rate_vs_base",
+          # the quality suites, on the answers to the instruction-following and helpfulness requests
+          "relevance", "off_topic", "repetition", "length_words", "boilerplate")
 
 
 class ConfigError(Exception):
@@ -92,7 +97,8 @@ class TrainSettings(Strict):
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     bf16: bool = False  # float32 on the CPU: bf16 learned less per epoch (PITFALLS.md)
-    min_pairs: int = Field(1, ge=1)  # fewer usable pairs than this stops the run
+    gradient_checkpointing: bool = False  # recompute activations: memory for time; the GPU profile's 32B needs it, a 135M model does not
+    min_pairs: int = Field(1, ge=1)  # with fewer pairs than this the stage is not trained: the policy stays
     max_loss: float = Field(10.0, gt=0)  # a loss above this (or NaN) stops training: the stage keeps the previous adapter
 
 
@@ -151,11 +157,26 @@ class OptimizeSettings(Strict):
         return self
 
 
+class PairFilters(Strict):
+    """What keeps a pair from teaching a shortcut (cai/quality.py's signals, cai/pairs.py)."""
+
+    enabled: bool = True  # false: pairs as the checker and judge decide them (to measure what the filters do)
+    min_relevance: float = Field(0.35, ge=0, le=1)  # the chosen side's relevance to the request, at least
+    max_relevance_drop: float = Field(0.05, ge=0, le=1)  # chosen may be less relevant than rejected by at most this
+    min_length_ratio: float = Field(0.6, ge=0)  # chosen words / rejected words, at least (unless a length rule asks for less)
+    max_repetition: float = Field(0.3, ge=0, le=1)  # a side repeating more of itself than this is never chosen
+
+
+# A gate limit: a number (the most a score may move), or "interval": it may not move past
+# the reference's 95% interval.
+Limit = float | Literal["interval"]
+
+
 class Gate(Strict):
     """What a stage must hold, against the last promoted stage and against the base, to be promoted."""
 
-    max_drop: dict[str, float] = {}  # a score that may fall at most this much (higher is better)
-    max_rise: dict[str, float] = {}  # a rate that may rise at most this much (lower is better)
+    max_drop: dict[str, Limit] = {}  # a score that may fall at most this much (higher is better)
+    max_rise: dict[str, Limit] = {}  # a rate that may rise at most this much (lower is better)
     on_fail: Literal["continue", "stop"] = "continue"  # continue: the next stage starts from the last promoted adapter
 
     @model_validator(mode="after")
@@ -175,6 +196,9 @@ class StageSettings(Strict):
     constraints: bool | None = None  # attach an IFEval-checkable constraint to each task
     dedupe_threshold: float | None = Field(None, gt=0, le=1)  # ROUGE-L above this drops a task
     judge_margin: float | None = Field(None, ge=0, lt=1)  # the judge's least margin, in each order, to keep its pair
+    pair_sources: list[Literal[PAIR_SOURCES]] | None = None  # the mix of pairs this stage trains on
+    judge_min_agreement: float | None = Field(None, ge=0, le=1)  # judge pairs only where its measured agreement reaches this
+    pair_filters: PairFilters | None = None
     suites: SuiteSettings | None = None
     gate: Gate | None = None
     optimize: OptimizeSettings | None = None
@@ -227,6 +251,7 @@ class Profile(StageSettings):
     trust_remote_code: bool = False
     serve: ServeConfig = ServeConfig()
     guard: GuardSettings = GuardSettings()
+    embedding_model: str = "embedded:all-minilm-l6-v2"  # relevance (cai/quality.py): a sentence-transformers folder or hub name
 
 
 class Defaults(Strict):
@@ -236,6 +261,9 @@ class Defaults(Strict):
     constraints: bool = True
     dedupe_threshold: float = Field(0.7, gt=0, le=1)  # as Self-Instruct did
     judge_margin: float = Field(0.2, ge=0, lt=1)
+    pair_sources: list[Literal[PAIR_SOURCES]] = ["best_of_n", "revision"]
+    judge_min_agreement: float = Field(0.75, ge=0, le=1)
+    pair_filters: PairFilters = PairFilters()
     suites: SuiteSettings = SuiteSettings()
     gate: Gate = Gate()
     optimize: OptimizeSettings = OptimizeSettings()
@@ -268,6 +296,9 @@ class StageConfig(Strict):
     constraints: bool
     dedupe_threshold: float
     judge_margin: float
+    pair_sources: list[str]
+    judge_min_agreement: float
+    pair_filters: PairFilters
     suites: SuiteSettings
     gate: Gate
     optimize: OptimizeSettings
@@ -309,6 +340,9 @@ def resolve_stage(cur: Curriculum, profile: Profile, number: int) -> StageConfig
         constraints=pick("constraints"),
         dedupe_threshold=pick("dedupe_threshold"),
         judge_margin=pick("judge_margin"),
+        pair_sources=pick("pair_sources"),
+        judge_min_agreement=pick("judge_min_agreement"),
+        pair_filters=_merge(d.pair_filters, profile.pair_filters, stage.pair_filters),
         suites=_merge(d.suites, profile.suites, stage.suites),
         gate=_merge(d.gate, profile.gate, stage.gate),
         optimize=_merge(d.optimize, profile.optimize, stage.optimize),

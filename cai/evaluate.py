@@ -10,6 +10,10 @@ task YAML (`dataset_path: json`) that a TaskManager loads through `include_path`
 - `helpfulness`: everyday requests, answered here and judged against another stage's
   answers in both orders (`win_rate`).
 
+The quality suites (`relevance`, `off_topic`, `repetition`, `length_words`,
+`boilerplate`) are computed on the answers to the instruction-following and helpfulness
+requests (cai/quality.py), so a compliance gain is always read beside what it cost.
+
 Any other lm-eval task named in `curriculum.yaml` (`evaluate.lm_eval_tasks`) runs through
 the completions endpoint, so log-likelihood tasks (mmlu, arc_challenge) work too. None of
 these items is shown to the proposer or an optimizer. Every score is
@@ -32,6 +36,7 @@ TASK_OF = {
     "helpfulness": "cai_helpfulness",
 }
 SUITES = tuple(TASK_OF)
+QUALITY_ON = ("instruction_following", "helpfulness")  # the suites whose answers the quality suites read
 
 
 def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -51,6 +56,28 @@ def proportion(successes: float, n: int) -> dict:
 def mean_with_stderr(value: float, stderr: float | None, n: int) -> dict:
     half = 1.96 * stderr if isinstance(stderr, (int, float)) and math.isfinite(stderr) else 0.0
     return {"score": round(value, 4), "low": round(value - half, 4), "high": round(value + half, 4), "n": n}
+
+
+def mean_interval(values: list[float]) -> dict:
+    """The mean with a 95% normal interval from the sample's standard deviation."""
+    n = len(values)
+    if n == 0:
+        return {"score": 0.0, "low": 0.0, "high": 0.0, "n": 0}
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean_with_stderr(mean, sd / math.sqrt(n), n)
+
+
+def quality_scores(found: list[dict], off_topic_below: float) -> dict:
+    """The quality suites from per-answer signals (cai/quality.py), each with its interval."""
+    n = len(found)
+    return {
+        "relevance": mean_interval([q["relevance"] for q in found]),
+        "off_topic": proportion(sum(q["relevance"] < off_topic_below for q in found), n),
+        "repetition": mean_interval([q["repetition"] for q in found]),
+        "length_words": mean_interval([q["words"] for q in found]),
+        "boilerplate": proportion(sum(q["boilerplate"] or q["empty"] for q in found), n),
+    }
 
 
 def run_lm_eval(api_base: str, api_key: str, served: str, tasks: list[str], limit: int | None, max_tokens: int,

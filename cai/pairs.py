@@ -2,11 +2,19 @@
 
 Two sources:
 - `revision`: the original answer against its constitutional revision. A checkable
-  constraint decides where exactly one side keeps it; otherwise the judge decides, and
-  only where it names the same side in both orders with at least `judge_margin` of
-  probability between its two answers each time.
+  constraint decides where exactly one side keeps it; otherwise the judge decides
+  (where the stage trusts it: `judge` among its `pair_sources` and its measured
+  agreement high enough), and only where it names the same side in both orders with at
+  least `judge_margin` of probability between its two answers each time.
 - `best_of_n`: two samples of the same task that the constraint checker separates
-  (one keeps the rule, one breaks it).
+  (one keeps the rule, one breaks it): the most relevant keeping sample against the
+  most relevant breaking one, so the pair differs mainly in the rule it teaches.
+
+Then the quality filters (cai/quality.py's signals, thresholds in `pair_filters`): the
+chosen side must be relevant to the request, not much less relevant than the rejected
+side, not much shorter (unless a length rule asks for less), and neither repetitive
+nor boilerplate. Without them the checkers are satisfied by saying less and drifting
+off topic (DESIGN.md).
 
 Then the guard: a pair whose prompt or either side was flagged, or has no verdict, is
 dropped and written to `safety.jsonl` with the reason instead.
@@ -21,6 +29,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
+from cai.config import PAIR_SOURCES, PairFilters
 from cai.constraints import keeps
 
 SIDES = ("A", "B")
@@ -72,9 +81,56 @@ def checker_verdict(task: dict, original: str, revision: str) -> str | None:
     return "revision" if kept_r else "original"
 
 
-def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, guard_records=(),
-                guard_mode: str = "off", judge_margin: float = 0.0) -> tuple[list[dict], Counter, list[dict]]:
-    """The stage's pairs in task order, counts of what was kept or dropped, and the pairs the guard dropped."""
+def acceptable(q: dict | None, filters: PairFilters) -> str | None:
+    """Why an answer with signals `q` may not be a chosen side (a filter's name), or None."""
+    if q is None:
+        return "unmeasured"
+    if q["empty"] or q["boilerplate"]:
+        return "boilerplate"
+    if q["repetition"] > filters.max_repetition:
+        return "repetition"
+    if q["relevance"] < filters.min_relevance:
+        return "relevance"
+    return None
+
+
+def filter_reason(chosen: dict | None, rejected: dict | None, constraint_id: str | None, filters: PairFilters) -> str | None:
+    """Which quality filter drops the pair (chosen's signals against rejected's), or None."""
+    if not filters.enabled:
+        return None
+    if reason := acceptable(chosen, filters):
+        return reason
+    if rejected is None:
+        return "unmeasured"
+    if chosen["relevance"] < rejected["relevance"] - filters.max_relevance_drop:
+        return "relevance_margin"
+    asks_for_less = (constraint_id or "").startswith("length_constraints:")
+    if not asks_for_less and chosen["words"] < filters.min_length_ratio * rejected["words"]:
+        return "length"
+    return None
+
+
+def best_of_n_sides(keeping: list[dict], breaking: list[dict], quality: dict, filters: PairFilters) -> tuple[dict, dict]:
+    """(chosen, rejected): the most relevant acceptable keeping sample against the most relevant
+    breaking one; without filters, the first of each."""
+    if not filters.enabled:
+        return keeping[0], breaking[0]
+    relevance = lambda s: (quality.get(s["id"]) or {}).get("relevance", -1.0)  # noqa: E731
+    fit = [s for s in keeping if acceptable(quality.get(s["id"]), filters) is None]
+    return max(fit or keeping, key=relevance), max(breaking, key=relevance)
+
+
+def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, guard_records=(), guard_mode: str = "off",
+                judge_margin: float = 0.0, quality: dict | None = None, filters: PairFilters = PairFilters(enabled=False),
+                sources=PAIR_SOURCES) -> tuple[list[dict], Counter, list[dict]]:
+    """The stage's pairs in task order, counts of what was kept or dropped, and the pairs the guard dropped.
+
+    `quality` maps each response and revision id to its signals (cai/quality.py); the
+    filters need it. `sources` is the stage's mix (`judge` only where it is trusted).
+    """
+    if filters.enabled and quality is None:
+        raise ValueError("pair filters need the quality signals")
+    quality = quality or {}
     counts: Counter = Counter()
     candidates: list[dict] = []
     samples_of, revisions_of = defaultdict(list), defaultdict(list)
@@ -89,13 +145,14 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, g
         constraint = task.get("constraint")
 
         # best-of-n: the checker separates a keeping sample from a breaking one
-        if constraint and len(samples) >= 2:
+        if "best_of_n" in sources and constraint and len(samples) >= 2:
             verdicts = [keeps(constraint, task["prompt"], s["response"]) for s in samples]
             keeping = [s for s, ok in zip(samples, verdicts) if ok]
             breaking = [s for s, ok in zip(samples, verdicts) if not ok]
             if keeping and breaking:
-                candidates.append(_pair(f"{task['id']}-best_of_n", stage, task, "best_of_n", "constraint", keeping[0], breaking[0],
-                                        (keeping[0]["response"], breaking[0]["response"]), (True, False)))
+                chosen, rejected = best_of_n_sides(keeping, breaking, quality, filters)
+                candidates.append(_pair(f"{task['id']}-best_of_n", stage, task, "best_of_n", "constraint", chosen, rejected,
+                                        (chosen["response"], rejected["response"]), (True, False), quality=quality))
             else:
                 counts["dropped_best_of_n_not_separated"] += 1
 
@@ -111,6 +168,12 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, g
             ab, ba = by_id.get(rev["id"] + "-ab"), by_id.get(rev["id"] + "-ba")
             winner = checker_verdict(task, original["response"], rev["revision"])
             decided_by = "constraint"
+            if winner is not None and "revision" not in sources:
+                counts["dropped_revision_not_a_source"] += 1
+                continue
+            if winner is None and "judge" not in sources:
+                counts["dropped_judge_not_trusted"] += 1
+                continue
             if winner is None:
                 winner, decided_by = judge_preference(ab, ba, judge_margin)
             if winner is None:
@@ -124,13 +187,17 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, g
                 principle_id=rev["principle_id"], critique=critique.get("critique"),
                 judge={"ab": ab and ab.get("better"), "ba": ba and ba.get("better"),
                        "margin_ab": ab and verdict_margin(ab), "margin_ba": ba and verdict_margin(ba)},
-                prompt=original.get("messages"),
+                prompt=original.get("messages"), quality=quality,
             ))
 
     pairs, unsafe = [], []
     verdict_of = {g["target"]: g["verdict"] for g in guard_records}
     for pair in candidates:
         counts[f"candidates_{pair['provenance']['source']}"] += 1
+        q = pair["provenance"]["quality"]
+        if reason := filter_reason(q["chosen"], q["rejected"], pair["provenance"]["constraint"]["id"], filters):
+            counts[f"dropped_filter_{reason}"] += 1
+            continue
         if guard_mode != "off":
             p = pair["provenance"]
             found = {"prompt": verdict_of.get(p["task_id"]), "chosen": verdict_of.get(p["chosen"]["record_id"]),
@@ -144,6 +211,7 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, g
                 continue
         counts[f"kept_{pair['provenance']['source']}_by_{pair['provenance']['decided_by']}"] += 1
         pairs.append(pair)
+
     counts["pairs"] = len(pairs)
     return pairs, counts, unsafe
 
@@ -158,8 +226,9 @@ def _why(side: str, verdict: dict | None) -> str:
 
 def _pair(pair_id: str, stage: int, task: dict, source: str, decided_by: str, chosen: dict, rejected: dict, texts: tuple[str, str],
           kept: tuple[bool | None, bool | None], principle_id: str | None = None, critique: str | None = None,
-          judge: dict | None = None, prompt: list | None = None) -> dict:
+          judge: dict | None = None, prompt: list | None = None, quality: dict | None = None) -> dict:
     constraint = task.get("constraint") or {}
+    quality = quality or {}
     return {
         "id": pair_id,
         "prompt": prompt or chosen.get("messages") or [{"role": "user", "content": task["prompt"]}],
@@ -177,6 +246,7 @@ def _pair(pair_id: str, stage: int, task: dict, source: str, decided_by: str, ch
             "constraint": {"id": constraint.get("instruction_id"), "description": constraint.get("description"),
                            "chosen_keeps": kept[0], "rejected_keeps": kept[1]},
             "guard": {"mode": "off", "prompt": None, "chosen": None, "rejected": None},
+            "quality": {"chosen": quality.get(chosen["id"]), "rejected": quality.get(rejected["id"])},
             "chosen": _side(chosen),
             "rejected": _side(rejected),
         },

@@ -39,6 +39,8 @@ def pair_features():
     turn = [{"role": text, "content": text}]
     verdict = {"safe": Value("bool"), "categories": [text], "parsed": Value("bool")}
     side = {"record_id": text, "model": text, "program": text}
+    signals = {"relevance": Value("float64"), "repetition": Value("float64"), "words": Value("int64"),
+               "boilerplate": Value("bool"), "empty": Value("bool")}
     return Features({
         "id": text, "prompt": turn, "chosen": turn, "rejected": turn,
         "provenance": {
@@ -47,6 +49,7 @@ def pair_features():
             "judge": {"ab": text, "ba": text, "margin_ab": Value("float64"), "margin_ba": Value("float64")},
             "constraint": {"id": text, "description": text, "chosen_keeps": Value("bool"), "rejected_keeps": Value("bool")},
             "guard": {"mode": text, "prompt": verdict, "chosen": verdict, "rejected": verdict},
+            "quality": {"chosen": signals, "rejected": signals},
             "chosen": side, "rejected": side,
         },
     })
@@ -96,9 +99,10 @@ def write_dataset(run: Run, out: Path) -> Path:
         steps = run.stage(n)["steps"]
         propose, pairs, guard = steps.get("propose", {}), steps.get("pairs", {}), steps.get("guard", {})
         dropped_judge = sum(v for k, v in pairs.items() if k.startswith("dropped_judge"))
+        dropped_filters = sum(v for k, v in pairs.items() if k.startswith("dropped_filter"))
         rows.append(f"| stage{n} | {propose.get('proposed', '-')} | {propose.get('kept', '-')} | {propose.get('tasks', '-')} "
                     f"| {pairs.get('pairs', 0)} | {dropped_judge} | {pairs.get('dropped_best_of_n_not_separated', 0)} "
-                    f"| {pairs.get('dropped_unsafe', 0)} | {guard.get('unsafe', '-')} |")
+                    f"| {dropped_filters} | {pairs.get('dropped_unsafe', 0)} | {guard.get('unsafe', '-')} |")
     header = _yaml_header({
         "license": "openrail",
         "language": ["en"],
@@ -117,29 +121,31 @@ answers against a constitution, and each stage's pairs trained the adapter that 
 Load: `datasets.load_dataset("{out}")`, one split a stage. Each row is TRL's conversational preference
 format: `prompt` (the exact messages the policy was sent), `chosen`, `rejected`, and `provenance` (task and
 its source, principle, critique, the judge's verdicts and margins in both orders, the constraint and whether
-each side kept it, the guard's verdicts, and the adapter and prompt version that produced each side).
+each side kept it, the guard's verdicts, each side's relevance, repetition and length, and the adapter and prompt version that produced each side).
 
 ## How pairs were chosen
 
 - Tasks: seed tasks of the stage's type from `curriculum.yaml` plus tasks the model proposed; a proposal
   whose ROUGE-L against the pool exceeded the stage's threshold (default {snapshot['defaults'].get('dedupe_threshold')})
   was dropped as a near-duplicate.
-- `best_of_n` pairs: two answers to the same task that lm-eval's IFEval checkers separate (one keeps the
-  task's rule, one breaks it).
+- `best_of_n` pairs: two answers to the same task that lm-eval's IFEval checkers separate (the most relevant
+  answer that keeps the task's rule against the most relevant one that breaks it).
 - `revision` pairs: an answer against its constitutional revision, decided by the checker where it can,
   else by the model as judge, only where it named the same side in both orders with a margin of at least
   the stage's `judge_margin` (default {snapshot['defaults'].get('judge_margin')}).
+- Quality filters: {_filters_say(snapshot['defaults'].get('pair_filters') or {})}
 - Safety: {GUARD_SAYS[mode].format(model=guard_model)}
 
-| stage | proposed | proposals kept | tasks | pairs | dropped by judge | not separated by the checker | dropped by guard | items flagged |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| stage | proposed | proposals kept | tasks | pairs | dropped by judge | not separated by the checker | dropped by quality filters | dropped by guard | items flagged |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
 ## Limitations
 
 Everything here was written and judged by the model being trained. The checkers are exact about the rules
-they check (case, commas, word counts, endings, lists) and blind to everything else: a chosen answer can keep
-its rule and still be off topic, short or wrong. Read pairs before training on them.
+they check (case, commas, word counts, endings, lists) and blind to everything else. The quality filters catch
+an off-topic, much shorter, repetitive or self-introducing chosen answer, by embedding similarity and counts;
+a chosen answer can still be wrong. Read pairs before training on them.
 
 ## License and use
 
@@ -150,6 +156,16 @@ package versions: {json.dumps(run.manifest.get('versions', {}))}.
 """
     (out / "README.md").write_text(card)
     return out
+
+
+def _filters_say(f: dict) -> str:
+    if f.get("enabled") is False:
+        return "**off**: pairs were kept whatever the relevance, length or repetition of their sides."
+    return (f"the chosen side's relevance to the request (cosine of all-MiniLM-L6-v2 embeddings) at least "
+            f"{f.get('min_relevance')}, and at most {f.get('max_relevance_drop')} below the rejected side's; at least "
+            f"{f.get('min_length_ratio')} of its length unless the rule asked for fewer words; never repetitive (over "
+            f"{f.get('max_repetition')} of its 3-grams or lines repeated) or boilerplate (defaults of the run; a stage may "
+            f"override them).")
 
 
 def write_model_card(run: Run, out: Path) -> Path:

@@ -2,8 +2,9 @@
 
     python bootstrap.py report --run NAME
 
-Each gain is shown beside its tax: instruction following next to over-refusal and win
-rate, every score with its interval, and what each stage's gate decided.
+Each gain is shown beside its tax: instruction following next to relevance, off-topic
+share, length and repetition, and next to over-refusal and win rate; every score with
+its interval, and what each stage's gate decided.
 """
 
 from __future__ import annotations
@@ -28,8 +29,17 @@ SHOWN = {
     "over_refusal": "lower",
     "win_rate_vs_previous": "higher",
     "win_rate_vs_base": "higher",
+    "relevance": "higher",
+    "off_topic": "lower",
+    "repetition": "lower",
+    "boilerplate": "lower",
+    "length_words": "neither",
 }
-STEP_ORDER = ["propose", "respond", "critique", "revise", "judge", "guard", "pairs", "train", "swap", "evaluate", "gate"]
+PROPORTIONS = set(SHOWN) - {"length_words", "relevance", "repetition"}  # plotted on [0, 1]
+# The gain beside its tax: compliance next to what a shortcut to it would cost.
+GAIN_AND_TAX = ["instruction_following", "relevance", "off_topic", "length_words", "repetition", "boilerplate"]
+FILTERS = ["relevance", "relevance_margin", "length", "repetition", "boilerplate", "unmeasured"]
+STEP_ORDER = ["propose", "respond", "critique", "revise", "judge", "guard", "quality", "pairs", "train", "swap", "evaluate", "gate"]
 
 
 def _read_json(path: Path) -> dict:
@@ -64,7 +74,8 @@ def plot_scores(data: dict, out: Path) -> list[str]:
         ax.set_title(f"{name}\n({SHOWN[name]} is better)", fontsize=8)
         ax.set_xticks(xs)
         ax.set_xlabel("stage")
-        ax.set_ylim(-0.05, 1.05)
+        if name in PROPORTIONS:
+            ax.set_ylim(-0.05, 1.05)
     fig.tight_layout()
     fig.savefig(out / "scores.png", dpi=100)
     plt.close(fig)
@@ -147,11 +158,12 @@ def write_report(run: Run) -> Path:
     lines += ["| stage | " + " | ".join(names) + " | promoted | gate |", "| --- " * (len(names) + 3) + "|"]
     for n in data["stages"]:
         e, info = data["evals"][n], stage_info.get(f"stage{n}", {})
-        cells = [f"{e[s]['score']:.2f} [{e[s]['low']:.2f}, {e[s]['high']:.2f}] ({e[s]['n']})" if s in e else "-" for s in names]
+        cells = [_cell(e[s], s) if s in e else "-" for s in names]
         gate = info.get("gate", {})
         verdict = "-" if n == 0 else "; ".join(gate.get("failed", [])) or f"passed against {gate.get('against', '?')}"
         promoted = "-" if n == 0 else ("yes" if info.get("promoted") else "no")
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {promoted} | {verdict} |")
+    lines += gain_and_tax(data, stage_info)
     lines += ["", "Win rates count an item as won only when the base model, as judge, prefers it in both orders; "
               "ties are counted apart:", ""]
     for n in trained:
@@ -162,14 +174,19 @@ def write_report(run: Run) -> Path:
 
     if origin := manifest.get("derived_from"):
         lines += side_by_side(run, Run(Path(origin["run"])), origin, names)
-    lines += ["## Pairs and work by stage", "", "| stage | pairs | by source | dropped by judge | not separated by the checker "
-              "| dropped by guard | tokens | seconds |", "| --- " * 8 + "|"]
+    lines += ["## Pairs and work by stage", "", "Sources: the stage's mix, less the judge where its agreement with the checker "
+              "(on held-out pairs, after compiling) fell short of `judge_min_agreement`.", "",
+              "| stage | pairs | by source | sources used | judge agreement | dropped by judge | not separated by the checker "
+              "| dropped by quality filters | dropped by guard | tokens | seconds |", "| --- " * 11 + "|"]
     for n in trained:
         steps = stage_info[f"stage{n}"].get("steps", {})
         counts = steps.get("pairs", {})
         judge_drops = sum(v for k, v in counts.items() if k.startswith("dropped_judge"))
-        lines.append(f"| {n} | {counts.get('pairs', 0)} | {dict(by_source.get(n, {}))} | {judge_drops} "
-                     f"| {counts.get('dropped_best_of_n_not_separated', 0)} | {counts.get('dropped_unsafe', 0)} "
+        filter_drops = sum(v for k, v in counts.items() if k.startswith("dropped_filter"))
+        agreement = counts.get("judge_agreement")
+        lines.append(f"| {n} | {counts.get('pairs', 0)} | {dict(by_source.get(n, {}))} | {', '.join(counts.get('sources', [])) or '-'} "
+                     f"| {'-' if agreement is None else agreement} | {judge_drops} "
+                     f"| {counts.get('dropped_best_of_n_not_separated', 0)} | {filter_drops} | {counts.get('dropped_unsafe', 0)} "
                      f"| {sum(tokens[n].values())} | {sum(seconds[n].values()):.0f} |")
     lines += ["", "## Prompt optimization", "", "The metric of each compiled program on held-out seed tasks, before and after "
               "compiling, and what compiling cost.", "", "| stage | program | before | after | demos | LM calls | tokens | seconds |",
@@ -193,6 +210,32 @@ def write_report(run: Run) -> Path:
     path = run.root / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def gain_and_tax(data: dict, stage_info: dict) -> list[str]:
+    """Compliance beside relevance, off-topic share, length, repetition and boilerplate, stage by
+    stage, with the pairs each quality filter dropped: a gain read without its tax is not read."""
+    shown = [s for s in GAIN_AND_TAX if any(s in e for e in data["evals"].values())]
+    if len(shown) < 2:
+        return []
+    lines = ["", "## Each gain beside its tax", "",
+             "Instruction following is what the checkers reward; relevance (cosine of the answer to the bare request), "
+             "the off-topic share (relevance under 0.3), length, repetition and boilerplate are what a shortcut to it "
+             "would cost (DESIGN.md measured compliance tripling while answers drifted off topic). The quality figures "
+             "are on the instruction-following and helpfulness answers. The last column: pairs each quality filter dropped.", "",
+             "| stage | " + " | ".join(shown) + " | dropped by filter |", "| --- " * (len(shown) + 2) + "|"]
+    for n in data["stages"]:
+        e = data["evals"][n]
+        cells = [_cell(e[s], s) if s in e else "-" for s in shown]
+        counts = stage_info.get(f"stage{n}", {}).get("steps", {}).get("pairs", {})
+        drops = ", ".join(f"{f} {counts[f'dropped_filter_{f}']}" for f in FILTERS if counts.get(f"dropped_filter_{f}")) or "-"
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {'-' if n == 0 else drops} |")
+    return lines
+
+
+def _cell(value: dict, name: str) -> str:
+    digits = 1 if name == "length_words" else 2
+    return f"{value['score']:.{digits}f} [{value['low']:.{digits}f}, {value['high']:.{digits}f}] ({value['n']})"
 
 
 def side_by_side(run: Run, original: Run, origin: dict, names: list[str]) -> list[str]:

@@ -85,6 +85,7 @@ def train_adapter(
         learning_rate=settings.learning_rate,
         max_length=settings.max_length,
         bf16=settings.bf16,
+        gradient_checkpointing=settings.gradient_checkpointing,  # TRL's default is on; off trades memory for speed
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -96,7 +97,8 @@ def train_adapter(
     if settings.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(beta=settings.beta, **common)
+        # Over several epochs, the reference's log-probs once per pair instead of once per pair per epoch.
+        args = DPOConfig(beta=settings.beta, precompute_ref_log_probs=settings.epochs > 1, **common)
         trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
     else:
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer

@@ -35,7 +35,8 @@ def test_stage_settings_merge_defaults_profile_stage(tmp_path):
     cur, _ = load_curriculum(write(tmp_path, "c.yaml", data))
     quick = cur.profiles["quick"]
     st3, st1 = resolve_stage(cur, quick, 3), resolve_stage(cur, quick, 1)
-    assert st3.counts.samples == 5 and st1.counts.samples == data["defaults"]["counts"]["samples"]
+    assert st3.counts.samples == 5 and st1.counts.samples == data["profiles"]["quick"]["counts"]["samples"]
+    assert st1.counts.examples_shown == data["defaults"]["counts"]["examples_shown"]  # what the profile leaves, the defaults give
     assert st3.counts.proposed == st1.counts.proposed  # untouched fields keep the profile/default value
     assert st1.train.learning_rate == quick.train.learning_rate != data["defaults"]["train"]["learning_rate"]
 
@@ -96,3 +97,10 @@ def test_a_stage_without_principles_is_refused(tmp_path):
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     with pytest.raises(ConfigError, match="no principle lists stage 4"):
         check_together(con, cur, path)
+
+
+def test_quick_and_cpu_full_differ_only_in_counts():
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    quick, full = cur.profiles["quick"].model_dump(), cur.profiles["cpu-full"].model_dump()
+    assert {k for k in quick if quick[k] != full[k]} == {"counts"}
+    assert full["counts"]["eval_items"] >= 200 and full["counts"]["samples"] >= quick["counts"]["samples"]

@@ -17,7 +17,7 @@ import pytest
 from cai.store import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["optimize", "propose", "respond", "critique", "revise", "judge", "guard", "pairs", "train", "swap", "evaluate", "gate"]
+STEPS = ["optimize", "propose", "respond", "critique", "revise", "judge", "guard", "quality", "pairs", "train", "swap", "evaluate", "gate"]
 
 
 def bootstrap(*args) -> subprocess.CompletedProcess:
@@ -109,11 +109,13 @@ def test_pairs_train_an_adapter_that_the_next_stage_uses(two_stages):
         # the model's own guard saw every prompt and both sides of every pair that was kept
         assert all(p["provenance"]["guard"]["mode"] == "self" and p["provenance"]["guard"]["chosen"]["safe"] for p in pairs)
         assert (run / f"stage{n}" / "safety.jsonl").exists()
+        assert all(p["provenance"]["quality"]["chosen"] is not None for p in pairs)  # every side was measured
         assert (run / f"stage{n}" / "adapter" / "adapter_config.json").exists()
         assert (run / f"stage{n}" / "programs" / "propose.json").exists() and "## critique" in (run / f"stage{n}" / "prompts.md").read_text()
         scores = json.loads((run / f"stage{n}" / "eval.json").read_text())
         for name in ("instruction_following", "harmlessness_refusal", "harmlessness_unsafe", "over_refusal", "win_rate_vs_base"):
             assert set(scores[name]) >= {"score", "low", "high", "n"} and scores[name]["n"] == 4, name
+        assert scores["relevance"]["n"] == 8 and set(scores["off_topic"]) == {"score", "low", "high", "n"}  # IF + helpfulness answers
     # stage 2's requests went to the adapter that stage 1 trained and swapped in
     assert {r["model"] for r in read_jsonl(run / "stage2" / "responses.jsonl")} == {"stage1"}
     assert {r["model"] for r in read_jsonl(run / "stage1" / "responses.jsonl")} == {"stage0"}

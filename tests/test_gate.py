@@ -38,8 +38,9 @@ def test_a_refused_stage_is_not_promoted_and_the_next_starts_from_the_last_promo
     stages = {n: resolve_stage(cur, cur.profiles["quick"], n) for n in (1, 2, 3)}
     scripted = {1: 0.5, 2: 0.2, 3: 0.55}  # stage 2 regresses
     trained_from = []
-    for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "make_pairs", "swap"):
+    for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "measure_quality", "swap"):
         monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
+    monkeypatch.setattr(bootstrap, "make_pairs", lambda *a: {"pairs": 3})
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: trained_from.append(previous) or {})
 
     def evaluate(ctx, st, served, reference):
@@ -76,14 +77,49 @@ def test_a_gate_set_to_stop_ends_the_run_with_the_reason(ctx):
 
 def test_a_stage_whose_training_diverged_is_not_promoted_and_the_policy_stays(ctx, monkeypatch):
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "make_pairs"):
+    for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "measure_quality"):
         monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
+    monkeypatch.setattr(bootstrap, "make_pairs", lambda *a: {"pairs": 3})
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: {"diverged": "loss nan at step 3"})
     monkeypatch.setattr(bootstrap, "swap", lambda *a: pytest.fail("a diverged adapter is not served"))
     assert bootstrap.run_stage(ctx, resolve_stage(cur, cur.profiles["quick"], 2), "stage1") == "stage1"
     manifest = json.loads(ctx.run.manifest_path.read_text())["stages"]["stage2"]
     assert manifest["promoted"] is False and manifest["gate"]["failed"] == ["training diverged: loss nan at step 3"]
     assert manifest["steps"]["gate"]["skipped"] == "training diverged"
+
+
+def test_a_stage_with_too_few_pairs_is_not_trained_and_the_policy_stays(ctx, monkeypatch):
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "measure_quality"):
+        monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
+    monkeypatch.setattr(bootstrap, "make_pairs", lambda *a: {"pairs": 0, "dropped_filter_relevance": 4})
+    monkeypatch.setattr(bootstrap, "train", lambda *a: pytest.fail("nothing to train on"))
+    assert bootstrap.run_stage(ctx, resolve_stage(cur, cur.profiles["quick"], 2), "stage1") == "stage1"
+    manifest = json.loads(ctx.run.manifest_path.read_text())["stages"]["stage2"]
+    assert manifest["promoted"] is False
+    assert manifest["gate"]["failed"] == ["too few pairs: 0 pairs passed (train.min_pairs is 1)"]
+    assert {manifest["steps"][k]["skipped"] for k in ("train", "swap", "evaluate", "gate")} == {"too few pairs"}
+
+
+def test_compliance_bought_with_relevance_is_not_promoted(ctx):
+    """The measured hack (DESIGN.md): compliance up, relevance down beyond its interval."""
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    st = resolve_stage(cur, cur.profiles["quick"], 2)
+    base = {"instruction_following": score(0.145), "relevance": {"score": 0.595, "low": 0.567, "high": 0.623, "n": 200},
+            "off_topic": score(0.12)}
+    write_json_atomic(ctx.run.stage_dir(0) / "eval.json", base)
+    write_json_atomic(ctx.run.stage_dir(1) / "eval.json", base)
+    write_json_atomic(ctx.run.stage_dir(2) / "eval.json", {
+        "instruction_following": score(0.46), "relevance": {"score": 0.511, "low": 0.470, "high": 0.552, "n": 200},
+        "off_topic": score(0.32)})
+    assert bootstrap.gate(ctx, st, "stage1")["promoted"] is False
+    failed = ctx.run.stage(2)["gate"]["failed"]
+    assert "relevance fell from 0.595 to 0.511 (allowed: within the reference's interval [0.567, 0.623]) (against stage1)" in failed
+    assert any(f.startswith("off_topic rose from 0.120 to 0.320") for f in failed)
+    assert not any(f.startswith("instruction_following") for f in failed)
+    # a drop inside the reference's interval passes
+    write_json_atomic(ctx.run.stage_dir(3) / "eval.json", {**base, "relevance": {"score": 0.580, "low": 0.55, "high": 0.61, "n": 200}})
+    assert bootstrap.gate(ctx, resolve_stage(cur, cur.profiles["quick"], 3), "stage1")["promoted"] is True
 
 
 def test_small_drops_that_each_pass_cannot_add_up_past_the_base(ctx):

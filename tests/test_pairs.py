@@ -4,11 +4,12 @@ import math
 
 import pytest
 
+from cai.config import PairFilters
 from cai.pairs import build_pairs, judge_preference, verdict_margin
 
 NO_COMMA = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
 PROVENANCE = {"stage", "task_id", "task_source", "source", "decided_by", "principle_id", "critique", "judge",
-              "constraint", "guard", "chosen", "rejected"}
+              "constraint", "guard", "quality", "chosen", "rejected"}
 MESSAGES = [{"role": "system", "content": "sys"}, {"role": "user", "content": "Name fruits. Use no commas."}]
 
 
@@ -124,3 +125,85 @@ def test_nothing_the_guard_flags_reaches_the_pairs():
     assert reasons["revision"] == "chosen: unsafe (S1)" and "no guard verdict" in reasons["best_of_n"]
     # with the guard off, the same records pass
     assert len(build_pairs(1, [t], samples, crit, rev, judg, guard, guard_mode="off")[0]) == 2
+
+
+def signal(relevance, words=20, repetition=0.0, boilerplate=False):
+    return {"relevance": relevance, "words": words, "repetition": repetition, "boilerplate": boilerplate, "empty": words == 0}
+
+
+def test_a_keeping_but_off_topic_sample_is_never_chosen():
+    t = task()
+    samples = [response(t["id"], 0, "I like trains and I like boats"),  # keeps the rule, off topic
+               response(t["id"], 1, "apple and pear and plum"),          # keeps, on topic
+               response(t["id"], 2, "apple, pear, plum"),                # breaks
+               response(t["id"], 3, "well, trains")]                     # breaks, off topic
+    quality = {s["id"]: signal(r) for s, r in zip(samples, (0.05, 0.7, 0.72, 0.1))}
+    pairs, _, _ = build_pairs(1, [t], samples, [], [], [], quality=quality, filters=PairFilters())
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [("apple and pear and plum", "apple, pear, plum")]
+    assert pairs[0]["provenance"]["quality"] == {"chosen": quality[samples[1]["id"]], "rejected": quality[samples[2]["id"]]}
+    # only the off-topic sample keeps the rule: no pair, and the filter that stopped it is counted
+    only_off_topic = [samples[0], samples[2]]
+    pairs, counts, _ = build_pairs(1, [t], only_off_topic, [], [], [], quality=quality, filters=PairFilters())
+    assert pairs == [] and counts["dropped_filter_relevance"] == 1
+    # with the filters off the same records give the off-topic pair: the filters are what stop it
+    pairs, _, _ = build_pairs(1, [t], only_off_topic, [], [], [], quality=quality, filters=PairFilters(enabled=False))
+    assert pairs[0]["chosen"][0]["content"] == "I like trains and I like boats"
+
+
+def test_chosen_much_less_relevant_than_rejected_is_dropped():
+    t = task()
+    samples = [response(t["id"], 0, "fruit and more fruit"), response(t["id"], 1, "apple, pear")]
+    quality = {samples[0]["id"]: signal(0.45), samples[1]["id"]: signal(0.8)}
+    pairs, counts, _ = build_pairs(1, [t], samples, [], [], [], quality=quality, filters=PairFilters())
+    assert pairs == [] and counts["dropped_filter_relevance_margin"] == 1
+
+
+@pytest.mark.parametrize("constraint,kept", [
+    (NO_COMMA, False),  # no rule about length: the shorter side may not win
+    ({"instruction_id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": 5},
+      "description": "Answer with less than 5 words."}, True),  # the rule asks for less: it may
+])
+def test_a_shorter_side_wins_only_where_a_length_rule_asks_for_it(constraint, kept):
+    t = task(constraint=constraint)
+    t["prompt"] = "Name fruits. " + constraint["description"]
+    long_breaking = "apple, pear, plum, cherry, grape, melon, kiwi, lime, fig, date, peach, mango"
+    short_keeping = "apple and pear"
+    samples = [response(t["id"], 0, long_breaking), response(t["id"], 1, short_keeping)]
+    quality = {samples[0]["id"]: signal(0.7, words=12), samples[1]["id"]: signal(0.7, words=3)}
+    pairs, counts, _ = build_pairs(1, [t], samples, [], [], [], quality=quality, filters=PairFilters())
+    assert (len(pairs) == 1) is kept
+    assert counts["dropped_filter_length"] == (0 if kept else 1)
+
+
+@pytest.mark.parametrize("bad,reason", [(signal(0.7, repetition=0.6), "repetition"), (signal(0.7, boilerplate=True), "boilerplate"),
+                                        (signal(0.0, words=0), "boilerplate")])
+def test_repetitive_boilerplate_or_empty_sides_are_never_chosen(bad, reason):
+    t = task()
+    samples = [response(t["id"], 0, "apple, pear"), response(t["id"], 1, "apple and pear")]
+    quality = {samples[0]["id"]: signal(0.7), samples[1]["id"]: bad}
+    pairs, counts, _ = build_pairs(1, [t], samples, [], [], [], quality=quality, filters=PairFilters())
+    assert pairs == [] and counts[f"dropped_filter_{reason}"] == 1
+
+
+def test_revision_pairs_pass_the_same_filters():
+    t, samples, crit, rev, judg, guard = all_kinds_of_pair()
+    quality = {r["id"]: signal(0.7) for r in (*samples, *rev)}
+    quality[rev[0]["id"]] = signal(0.1)  # the revision the checker prefers drifted off topic
+    pairs, counts, _ = build_pairs(1, [t], samples, crit, rev, judg, guard, guard_mode="self", quality=quality, filters=PairFilters())
+    assert [p["provenance"]["source"] for p in pairs] == ["best_of_n"] and counts["dropped_filter_relevance"] == 1
+
+
+def test_the_stage_mix_decides_which_sources_make_pairs():
+    t, samples, crit, rev, judg, guard = all_kinds_of_pair()
+    pairs, counts, _ = build_pairs(1, [t], samples, crit, rev, judg, guard, guard_mode="self", sources=["revision"])
+    assert [p["provenance"]["source"] for p in pairs] == ["revision"]
+    pairs, counts, _ = build_pairs(1, [t], samples, crit, rev, judg, guard, guard_mode="self", sources=["best_of_n"])
+    assert [p["provenance"]["source"] for p in pairs] == ["best_of_n"] and counts["dropped_revision_not_a_source"] == 1
+    # a revision only the judge can decide: kept where the judge is a source, dropped and counted where not
+    t = task(constraint=None)
+    orig = response(t["id"], 0, "apples")
+    crit, rev, judg = chain(t["id"], orig["id"], "Apples and pears are fruits.", "B", "A")
+    (pair,) = build_pairs(1, [t], [orig], crit, rev, judg, sources=["best_of_n", "revision", "judge"])[0]
+    assert pair["provenance"]["decided_by"] == "judge" and pair["provenance"]["judge"]["ab"] == "B"
+    pairs, counts, _ = build_pairs(1, [t], [orig], crit, rev, judg, sources=["best_of_n", "revision"])
+    assert pairs == [] and counts["dropped_judge_not_trusted"] == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import datasets
 
-from cai.config import load_constitution, load_curriculum
+from cai.config import PairFilters, load_constitution, load_curriculum
 from cai.pairs import build_pairs
 from cai.store import Run, write_json_atomic, write_jsonl_atomic
 
@@ -25,7 +25,10 @@ def stage_pairs(n: int) -> list[dict]:
             "principle_id": "follow-the-instruction", "ok": True, "revision": "pear and apple", "model": f"stage{n - 1}", "program": "p"}]
     guard = [{"target": t, "verdict": {"safe": True, "categories": [], "parsed": True}}
              for t in (task["id"], responses[0]["id"], responses[1]["id"], rev[0]["id"])]
-    return build_pairs(n, [task], responses, crit, rev, [], guard, guard_mode="self")[0]
+    if n == 1:  # stage 1 without the quality filters, stage 2 with them: the splits must still agree on the schema
+        return build_pairs(n, [task], responses, crit, rev, [], guard, guard_mode="self")[0]
+    quality = {r["id"]: {"relevance": 0.7, "repetition": 0.0, "words": 3, "boilerplate": False, "empty": False} for r in (*responses, *rev)}
+    return build_pairs(n, [task], responses, crit, rev, [], guard, guard_mode="self", quality=quality, filters=PairFilters())[0]
 
 
 def fixture_run(tmp_path: Path) -> Run:
@@ -59,6 +62,7 @@ def test_export_opens_with_load_dataset_in_one_call(tmp_path):
     row = data["stage2"][0]
     assert row["chosen"][0]["role"] == "assistant" and row["provenance"]["stage"] == 2
     assert row["provenance"]["guard"]["mode"] == "self"
+    assert row["provenance"]["quality"]["chosen"]["relevance"] == 0.7 and data["stage1"][0]["provenance"]["quality"]["chosen"] is None
 
 
 def test_cards_say_what_made_the_data_and_the_terms(tmp_path):

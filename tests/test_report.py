@@ -14,13 +14,15 @@ def score(x, n=20):
 
 def test_the_report_renders_from_the_run_folder_alone(tmp_path):
     run = fixture_run(tmp_path)
-    for n, (if_score, refusal) in enumerate([(0.4, 0.1), (0.5, 0.1), (0.3, 0.2)]):
+    for n, (if_score, refusal, relevance) in enumerate([(0.4, 0.1, 0.6), (0.5, 0.1, 0.58), (0.3, 0.2, 0.5)]):
         write_json_atomic(run.stage_dir(n) / "eval.json", {
             "model": f"stage{n}", "guard": "self", "instruction_following": score(if_score), "over_refusal": score(refusal),
+            "relevance": score(relevance), "off_topic": score(0.1), "length_words": {"score": 40.0, "low": 35.0, "high": 45.0, "n": 20},
             "harmlessness_unsafe": score(0.0), **({"win_rate_vs_base": {**score(0.1), "wins": 2, "ties": 18, "losses": 0,
                                                                          "against": "stage0"}} if n else {})})
     critiques = Records(run.stage_dir(1) / "critiques.jsonl")
     critiques.append({"id": "s1-seed00-r0-c", "ok": True, "principle_id": "follow-the-instruction", "critique": "Commas."})
+    run.stage(2)["steps"]["pairs"].update(dropped_filter_relevance=4, dropped_filter_length=1)
     run.stage(2).update(promoted=False, gate={"against": "stage1", "failed": ["instruction_following fell from 0.500 to 0.300"]})
     run.stage(0)["steps"] = {"evaluate": {"status": "done", "seconds": 30.0, "prompt_tokens": 100, "completion_tokens": 50}}
     run.save()
@@ -32,6 +34,8 @@ def test_the_report_renders_from_the_run_folder_alone(tmp_path):
     assert "| 2 | 0.30 [0.10, 0.50] (20) |" in report and "instruction_following fell from 0.500 to 0.300" in report
     assert "over_refusal" in report and "2 won, 18 tied, 0 lost" in report  # the tax beside the gain
     assert "| follow-the-instruction | 1 | 1 | 1.0 |" in report
+    # compliance beside relevance, off-topic share and length, with what the filters dropped
+    assert "| 2 | 0.30 [0.10, 0.50] (20) | 0.50 [0.30, 0.70] (20) | 0.10 [0.00, 0.30] (20) | 40.0 [35.0, 45.0] (20) | relevance 4, length 1 |" in report
     assert "What this model can show" in report and "Example pairs" in report
     pngs = sorted(p.name for p in (run.root / "report").glob("*.png"))
     assert pngs == ["pairs.png", "principles.png", "scores.png", "time.png", "tokens.png"]

