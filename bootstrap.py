@@ -6,6 +6,7 @@
     python bootstrap.py report --run quick          # report.md + plots across stages
     python bootstrap.py export --run quick          # the pairs as a dataset, with dataset and model cards
     python bootstrap.py verify --run quick          # every finished stage's files against the manifest's hashes
+    python bootstrap.py plan --profile gpu          # tokens, GPU-hours, dollars and memory, before anything runs
     python bootstrap.py --help
 
 For each stage of curriculum.yaml, the current model (served by vLLM as `stage{N-1}`):
@@ -33,6 +34,7 @@ Everything lands in runs/NAME/ (see README.md); finished steps are skipped on a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib.metadata
 import json
@@ -48,7 +50,7 @@ from pathlib import Path
 import dspy
 
 import programs
-from cai import commands, constraints, guard, quality, release
+from cai import budget, commands, constraints, guard, memory, quality, release
 from cai import report as cai_report
 from cai.config import (
     ConfigError, Constitution, GuardSettings, StageConfig, check_together, load_constitution, load_curriculum, resolve_stage,
@@ -98,6 +100,9 @@ class Context:
     guard: GuardSettings = GuardSettings()
     server_restarts: int = 2
     embedding_model: str = quality.EMBEDDED_EMBEDDER
+    gpus: int = 0  # GPUs this process holds: a step's seconds count as GPU-hours times this
+    budget_usd: float | None = None
+    gpu_price: float = 0.0  # USD per GPU-hour
 
     def endpoint(self, served_name: str) -> Endpoint:
         return Endpoint(self.server.api_base, self.server.api_key, served_name, self.adapter, self.timeout_s)
@@ -382,7 +387,7 @@ def classify(ctx: Context, jobs: list[Job], out, policy: str) -> dict:
         return run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
     settings = ServeSettings(model=resolve_model(ctx.guard.model, ROOT / "models"), served_name="guard", enable_lora=False,
                              seed=ctx.seed, trust_remote_code=ctx.trust_remote_code, **ctx.guard.serve.model_dump())
-    with VLLMServer(settings, ctx.run.root / "guard.log", ctx.run.root / "guard.pid") as server:
+    with gpu_lent(ctx), VLLMServer(settings, ctx.run.root / "guard.log", ctx.run.root / "guard.pid") as server:
         check = guard.Guard("llama-guard", server.api_base, server.api_key, "guard", ctx.timeout_s, ctx.guard.max_tokens)
         return run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
 
@@ -418,8 +423,24 @@ def train(ctx: Context, st: StageConfig, previous: str) -> dict:
     n = st.number
     previous_dir = ctx.run.root / previous / "adapter" if previous != BASE_NAME else None
     pairs = read_jsonl(ctx.run.stage_dir(n) / "pairs.jsonl")
-    return train_adapter(ctx.model, previous_dir, pairs, ctx.run.stage_dir(n) / "adapter", st.train,
-                         ctx.seed + n, ctx.trust_remote_code)
+    with gpu_lent(ctx):
+        return train_adapter(ctx.model, previous_dir, pairs, ctx.run.stage_dir(n) / "adapter", st.train,
+                             ctx.seed + n, ctx.trust_remote_code)
+
+
+@contextlib.contextmanager
+def gpu_lent(ctx: Context):
+    """One GPU, two jobs: where the server was started with sleep mode, it sleeps (level 1)
+    while the GPU does something else (training, the guard's server), then wakes, reloads
+    its adapters and answers a fixed-seed request. Elsewhere (the CPU) nothing happens."""
+    if not ctx.server.settings.sleep_while_training:
+        yield
+        return
+    ctx.server.sleep()
+    try:
+        yield
+    finally:
+        ctx.server.wake_up(probe_seed=ctx.seed)
 
 
 def swap(ctx: Context, st: StageConfig) -> dict:
@@ -571,11 +592,12 @@ def step(ctx: Context, n: int, name: str, fn) -> None:
     """Run one step unless the manifest says it is done; record its stats and time."""
     if ctx.run.step_done(n, name):
         return
+    budget.check(ctx.run.manifest, ctx.budget_usd, ctx.gpu_price, f"stage{n} {name}")
     print(f"stage{n} {name}: running", flush=True)
     with Timer() as t:
         stats = fn() or {}
     stats = {k: v for k, v in stats.items() if not k.startswith("_")}
-    ctx.run.mark_done(n, name, t.seconds, **stats)
+    ctx.run.mark_done(n, name, t.seconds, gpu_hours=round(t.seconds * ctx.gpus / 3600, 5), **stats)
     print(f"stage{n} {name}: done in {t.seconds:.1f}s " + " ".join(f"{k}={v}" for k, v in stats.items()), flush=True)
 
 
@@ -597,6 +619,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--curriculum", type=Path, default=ROOT / "curriculum.yaml", help="stages file")
     p.add_argument("--profile", help="a profile of curriculum.yaml (default: gpu where CUDA is present, else quick)")
     p.add_argument("--seed", type=int, help="run seed (default: curriculum.yaml's seed)")
+    p.add_argument("--budget-usd", type=float, help="stop cleanly at a step boundary before the GPU-hours spent pass this "
+                                                    "(a re-run with a larger budget goes on)")
+    p.add_argument("--gpu-price-per-hour", type=float, help="USD per GPU-hour (default: the profile's gpu.price_per_hour)")
     return p.parse_args(argv)
 
 
@@ -607,12 +632,36 @@ def stage_number(text: str, flag: str) -> int:
 
 
 def default_profile() -> str:
+    return "gpu" if gpu_count() else "quick"
+
+
+def gpu_count() -> int:
     try:
         import torch
 
-        return "gpu" if torch.cuda.is_available() else "quick"
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
     except ImportError:
-        return "quick"
+        return 0
+
+
+def check_memory(profile, stages: dict, model: str, where: str) -> None:
+    """The memory plan against the GPU (the real card's memory where there is one), before
+    anything is written; a job that does not fit is one error naming what to change."""
+    if profile.gpu is None:
+        return
+    gpu_gib = profile.gpu.memory_gib
+    if gpu_count():
+        import torch
+
+        gpu_gib = torch.cuda.get_device_properties(0).total_memory / memory.GIB
+    guard_model = resolve_model(profile.guard.model, ROOT / "models") if profile.guard.mode == "llama-guard" else None
+    try:
+        jobs = memory.plan(profile, stages, model, guard_model, gpu_gib)
+    except ValueError as e:
+        raise ConfigError(f"{where}.gpu: {e}") from None
+    for job in jobs:
+        if not job.fits:
+            raise ConfigError(f"{where}: memory plan: {job.line()}. To fit: {memory.advice(job)}")
 
 
 def open_run(folder: Path, config: dict, snapshot: dict) -> Run:
@@ -703,6 +752,7 @@ def bootstrap(args: argparse.Namespace) -> int:
         quality.resolve_embedder(profile.embedding_model)
     except quality.EmbedderError as e:
         raise ConfigError(f"{args.curriculum}: profiles.{profile_name}.embedding_model: {e}") from None
+    check_memory(profile, stages, model, f"{args.curriculum}: profiles.{profile_name}")
     if profile.serve.port and port_in_use(profile.serve.port):
         raise ConfigError(f"{args.curriculum}: profiles.{profile_name}.serve.port: port {profile.serve.port} on 127.0.0.1 "
                           f"is in use; choose another, or 0 for any free port")
@@ -718,13 +768,16 @@ def bootstrap(args: argparse.Namespace) -> int:
         print(f"nothing to do: stages {first}..{last} of {run.root} are done", flush=True)
         return 0
 
+    price = args.gpu_price_per_hour if args.gpu_price_per_hour is not None else (profile.gpu.price_per_hour if profile.gpu else 0.0)
+    if args.budget_usd is not None and gpu_count() and not price:
+        raise ConfigError(f"--budget-usd needs a price: --gpu-price-per-hour, or profiles.{profile_name}.gpu.price_per_hour")
     settings = ServeSettings(model=model, seed=seed, trust_remote_code=profile.trust_remote_code,
                              max_lora_rank=max(st.train.lora_r for st in stages.values()), **profile.serve.model_dump())
     print(f"run {run.root}  profile={profile_name} model={profile.model} seed={seed} stages {first}..{last}", flush=True)
     with VLLMServer(settings, run.root / "server.log", run.root / "server.pid") as server:
         ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency,
                       profile.request_timeout_s, seed, profile.trust_remote_code, profile.guard, profile.server_restarts,
-                      profile.embedding_model)
+                      profile.embedding_model, gpu_count(), args.budget_usd, price)
         step(ctx, 0, "evaluate", lambda: evaluate(ctx, stages[1], BASE_NAME))
         policy = BASE_NAME
         for n in range(1, last + 1):
@@ -733,6 +786,10 @@ def bootstrap(args: argparse.Namespace) -> int:
                 continue
             for name in {policy, f"stage{n}" if run.step_done(n, "swap") else BASE_NAME} - {BASE_NAME}:
                 server.load_adapter(name, run.root / name / "adapter")  # adapters don't survive a restart
+            if profile.gpu and not run.stage(n).get("steps"):  # about to start a stage: will it pass the budget?
+                speed = budget.Throughput.measured(run.manifest, budget.Throughput.stated(profile.gpu))
+                ahead = budget.stage_hours(budget.stage_work(stages[n]), speed, profile.gpu.seconds_per_stage) * price
+                budget.check(run.manifest, args.budget_usd, price, f"stage{n}", next_usd=ahead)
             policy = run_stage_surviving_faults(ctx, stages[n], policy)
     release.export(run, run.root / "release")
     cai_report.write_report(run)
@@ -740,7 +797,8 @@ def bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": commands.export, "report": commands.report, "prompts": commands.prompts, "verify": commands.verify}
+COMMANDS = {"export": commands.export, "report": commands.report, "prompts": commands.prompts, "verify": commands.verify,
+            "plan": commands.plan}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -757,6 +815,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, ServerError, RequestFailed, TrainingError, StageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except budget.BudgetSpent as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130

@@ -1,9 +1,11 @@
-"""The commands that read a finished (or stopped) run folder: prompts, report, export, verify.
+"""The commands that read a finished (or stopped) run folder: prompts, report, export, verify;
+and plan, which reads only the config (and a run, for measured throughputs).
 
     python bootstrap.py prompts --run NAME --stage K [--program P] [--diff M]
     python bootstrap.py report  --run NAME
     python bootstrap.py export  --run NAME [--out DIR]
     python bootstrap.py verify  --run NAME
+    python bootstrap.py plan    [--profile gpu] [--run NAME] [--gpu-price-per-hour P]
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import argparse
 import difflib
 from pathlib import Path
 
-from cai import release
+from cai import budget, memory, release
 from cai import report as cai_report
-from cai.config import ConfigError
+from cai.config import ConfigError, load_curriculum, resolve_stage
 from cai.store import Run
 from programs.critique import Critic
 from programs.judge import Judge
@@ -95,6 +97,38 @@ def verify(argv: list[str]) -> int:
         print(line)
     print(f"{run.root}: {sealed} sealed files, {len(problems)} problems")
     return 1 if problems else 0
+
+
+def plan(argv: list[str]) -> int:
+    """`bootstrap.py plan [--profile gpu] [--run NAME]`: before anything runs, the tokens, GPU-hours
+    and dollars each stage may take, and the memory plan of each job on the GPU."""
+    p = argparse.ArgumentParser(prog="bootstrap.py plan", description=budget.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="gpu", help="a profile with a gpu section (default: gpu)")
+    p.add_argument("--curriculum", type=Path, default=ROOT / "curriculum.yaml")
+    p.add_argument("--run", metavar="NAME", help="take throughputs measured in this run instead of the stated ones")
+    p.add_argument("--gpu-price-per-hour", type=float, help="USD per GPU-hour (default: the profile's)")
+    args = p.parse_args(argv)
+    curriculum, _ = load_curriculum(args.curriculum)
+    profile = curriculum.profiles.get(args.profile)
+    if profile is None or profile.gpu is None:
+        raise ConfigError(f"{args.curriculum}: profiles.{args.profile}: {'not found' if profile is None else 'has no gpu section'}; "
+                          f"plan needs a profile with one (memory, price, throughputs)")
+    stages = {n: resolve_stage(curriculum, profile, n) for n in range(1, 7)}
+    speed = budget.Throughput.stated(profile.gpu)
+    if args.run:
+        speed = budget.Throughput.measured(existing_run(args.run).manifest, speed)
+    price = profile.gpu.price_per_hour if args.gpu_price_per_hour is None else args.gpu_price_per_hour
+    print(f"# Plan: profile {args.profile}, model {profile.model}\n")
+    print(budget.render(budget.plan_rows(stages, profile.gpu, speed, price), price, speed))
+    try:
+        jobs = memory.plan(profile, stages, profile.model, profile.guard.model, profile.gpu.memory_gib)
+    except ValueError as e:
+        raise ConfigError(f"{args.curriculum}: profiles.{args.profile}.gpu: {e}") from None
+    print(f"\nMemory on one {profile.gpu.memory_gib:.0f} GiB GPU, one job at a time:")
+    for job in jobs:
+        print(f"- {job.line()}" + ("" if job.fits else f"\n  to fit: {memory.advice(job)}"))
+    return 0 if all(j.fits for j in jobs) else 1
 
 
 def existing_run(name: str) -> Run:

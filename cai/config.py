@@ -98,6 +98,8 @@ class TrainSettings(Strict):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     bf16: bool = False  # float32 on the CPU: bf16 learned less per epoch (PITFALLS.md)
     gradient_checkpointing: bool = False  # recompute activations: memory for time; the GPU profile's 32B needs it, a 135M model does not
+    quantization: Literal["none", "nf4"] = "none"  # nf4: QLoRA, the base in bitsandbytes 4-bit NF4 (GPU only)
+    backend: Literal["trl", "unsloth"] = "trl"  # unsloth: its FastLanguageModel under TRL's trainer (GPU only, pip install -e .[unsloth])
     min_pairs: int = Field(1, ge=1)  # with fewer pairs than this the stage is not trained: the policy stays
     max_loss: float = Field(10.0, gt=0)  # a loss above this (or NaN) stops training: the stage keeps the previous adapter
 
@@ -219,6 +221,10 @@ class Stage(StageSettings):
 
 class ServeConfig(Strict):
     dtype: str = "bfloat16"
+    # none: the checkpoint as it is (bf16, or a pre-quantized AWQ/GPTQ/bnb checkpoint, which vLLM
+    # recognises from its config); fp8: 8-bit weights quantized at load; bitsandbytes: 4-bit at load
+    quantization: Literal["none", "fp8", "bitsandbytes"] = "none"
+    sleep_while_training: bool = False  # one GPU: the server sleeps (level 1) while training runs, then wakes (GPU only)
     max_model_len: int = Field(2048, ge=256)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     cpu_kvcache_gib: int | None = Field(None, gt=0)  # vllm-cpu: a fixed KV cache size (GiB) instead of a share
@@ -242,6 +248,33 @@ class GuardSettings(Strict):
         return self
 
 
+class ModelShapeConfig(Strict):
+    """A model's shape for the memory plan, where the model is a hub name not on disk (cai/memory.py)."""
+
+    params_b: float = Field(gt=0)
+    layers: int = Field(ge=1)
+    hidden: int = Field(ge=1)
+    kv_heads: int = Field(ge=1)
+    head_dim: int = Field(ge=1)
+    vocab: int = Field(ge=1)
+    intermediate: int = Field(ge=1)
+    tied_embeddings: bool = False
+
+
+class GPUPlan(Strict):
+    """What the memory plan and the cost plan assume of the GPU machine (`python bootstrap.py plan`)."""
+
+    memory_gib: float = Field(80, gt=0)  # per GPU; the real card's is used where CUDA is present
+    host_memory_gib: float = Field(128, gt=0)  # a sleeping server's weights go here
+    price_per_hour: float = Field(1.8, ge=0)  # USD per GPU-hour; --gpu-price-per-hour overrides
+    generate_tokens_per_s: float = Field(gt=0)  # the server's output tokens/s, all requests together
+    prefill_tokens_per_s: float = Field(gt=0)  # prompt tokens/s
+    train_tokens_per_s: float = Field(gt=0)  # training tokens/s (forward + backward)
+    seconds_per_stage: float = Field(300, ge=0)  # sleep, wake, adapter load, the guard's server start
+    model_shape: ModelShapeConfig | None = None  # needed where the model is a hub name not on disk
+    guard_shape: ModelShapeConfig | None = None
+
+
 class Profile(StageSettings):
     model: str  # a folder, a hub name, or embedded:smollm2-135m-instruct
     adapter: Literal["plain", "chat"] = "plain"  # plain: PlainAdapter for small models
@@ -252,6 +285,7 @@ class Profile(StageSettings):
     serve: ServeConfig = ServeConfig()
     guard: GuardSettings = GuardSettings()
     embedding_model: str = "embedded:all-minilm-l6-v2"  # relevance (cai/quality.py): a sentence-transformers folder or hub name
+    gpu: GPUPlan | None = None  # the GPU machine's memory, price and throughputs: the memory plan and the cost plan
 
 
 class Defaults(Strict):

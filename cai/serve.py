@@ -36,6 +36,8 @@ class ServeSettings:
     enable_lora: bool = True  # the policy server; the guard's server has no adapters
     port: int = 0  # 0: a free port is picked
     dtype: str = "bfloat16"
+    quantization: str = "none"  # none | fp8 | bitsandbytes (a pre-quantized checkpoint needs none)
+    sleep_while_training: bool = False  # start with sleep mode, so the GPU can be lent to training
     max_model_len: int = 2048
     max_lora_rank: int = 16
     gpu_memory_utilization: float = 0.5
@@ -63,6 +65,10 @@ def command_line(settings: ServeSettings, port: int, api_key: str) -> list[str]:
         "--no-enable-chunked-prefill",
         "--seed", str(settings.seed),
     ]
+    if settings.quantization != "none":
+        cmd += ["--quantization", settings.quantization]
+    if settings.sleep_while_training:
+        cmd.append("--enable-sleep-mode")
     if settings.enable_lora:
         # Keep few adapters resident: unloaded ones can linger in the LoRA cache.
         cmd += ["--enable-lora", "--max-lora-rank", str(settings.max_lora_rank), "--max-loras", "2", "--max-cpu-loras", "3"]
@@ -133,6 +139,8 @@ class VLLMServer:
             raise ServerError(f"serve: port {self.settings.port} on 127.0.0.1 is in use; choose another with serve.port")
         self.port = self.settings.port or free_port()
         env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True")
+        if self.settings.sleep_while_training:
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # the /sleep and /wake_up endpoints live behind it
         if self.settings.cpu_kvcache_gib is not None:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.settings.cpu_kvcache_gib)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +213,24 @@ class VLLMServer:
         self.complete(name, "Say hello.", max_tokens=4)
         self.adapters[name] = str(path)
         return seconds
+
+    def sleep(self) -> None:
+        """Level 1: weights to host memory, KV cache dropped; the GPU is free for training."""
+        r = requests.post(self.base_url + "/sleep", params={"level": "1"}, headers=self.headers(), timeout=600)
+        if r.status_code != 200:
+            raise ServerError(f"serve: sleep failed ({r.status_code}): {r.text[:300]}")
+
+    def wake_up(self, probe_seed: int = 0) -> str:
+        """Wake, load the adapters again (after a level-1 wake one was silently not applied,
+        vllm #53888), and check with a fixed-seed request that the server answers."""
+        r = requests.post(self.base_url + "/wake_up", headers=self.headers(), timeout=600)
+        if r.status_code != 200:
+            raise ServerError(f"serve: wake_up failed ({r.status_code}): {r.text[:300]}")
+        adapters, self.adapters = dict(self.adapters), {}
+        for name, path in adapters.items():
+            requests.post(self.api_base + "/unload_lora_adapter", headers=self.headers(), timeout=120, json={"lora_name": name})
+            self.load_adapter(name, Path(path))
+        return self.complete(self.settings.served_name, "Say hello.", max_tokens=8, seed=probe_seed)
 
     def healthy(self, timeout_s: float = 30.0) -> bool:
         """Alive and answering: the process runs, /health is 200 and a one-token request returns."""

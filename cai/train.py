@@ -3,6 +3,10 @@
 Stage 1 starts a fresh adapter on the base model (reference = the base). Later
 stages continue the previous stage's adapter, loaded trainable; with no `ref_model`,
 TRL copies it into a frozen "ref" adapter, so the reference is the previous policy.
+
+On a GPU the base can be loaded in bitsandbytes 4-bit NF4 (QLoRA, `train.quantization:
+nf4`), and Unsloth's FastLanguageModel can load it (`train.backend: unsloth`); TRL's
+trainer runs either way.
 """
 
 from __future__ import annotations
@@ -56,20 +60,28 @@ def train_adapter(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    if (settings.quantization != "none" or settings.backend != "trl") and not torch.cuda.is_available():
+        raise TrainingError(f"train: quantization {settings.quantization!r} / backend {settings.backend!r} need a CUDA GPU; "
+                            f"on the CPU use train.quantization: none and train.backend: trl")
+    dtype = torch.bfloat16 if settings.bf16 else torch.float32
+    peft_config = None
+    if settings.backend == "unsloth":
+        model, tokenizer = unsloth_model(base_model, previous_adapter, settings, seed, trust_remote_code)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     **quantized_loading(settings))
+        if settings.quantization == "nf4":
+            model = prepare_for_qlora(model, settings.gradient_checkpointing)
+        if previous_adapter is not None:
+            model = PeftModel.from_pretrained(model, str(previous_adapter), is_trainable=True)
+        else:
+            peft_config = LoraConfig(
+                r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                target_modules="all-linear", task_type="CAUSAL_LM",
+            )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch.bfloat16 if settings.bf16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, trust_remote_code=trust_remote_code)
-
-    peft_config = None
-    if previous_adapter is not None:
-        model = PeftModel.from_pretrained(model, str(previous_adapter), is_trainable=True)
-    else:
-        peft_config = LoraConfig(
-            r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-            target_modules="all-linear", task_type="CAUSAL_LM",
-        )
 
     rows = fitting_pairs(pairs, tokenizer, settings.max_length)
     if not rows:
@@ -137,6 +149,48 @@ def train_adapter(
         "reward_accuracy_last": rewards[-1] if rewards else None,
         "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
     }
+
+
+def quantized_loading(settings: TrainSettings) -> dict:
+    """`from_pretrained` arguments for QLoRA: linear layers in bitsandbytes NF4, computing in bf16."""
+    if settings.quantization != "nf4":
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                                      bnb_4bit_compute_dtype=torch.bfloat16),
+            "device_map": {"": 0}}
+
+
+def prepare_for_qlora(model, gradient_checkpointing: bool):
+    """PEFT's k-bit preparation; it has been seen to leave checkpointing off when asked for it
+    (PITFALLS.md: a 32B step then peaked at 57 GiB instead of 27), so that is checked."""
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if gradient_checkpointing and not getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def unsloth_model(base_model: str, previous_adapter: Path | None, settings: TrainSettings, seed: int, trust_remote_code: bool):
+    """Unsloth's FastLanguageModel with a LoRA (new, or the previous stage's, trainable).
+    Unsloth patches transformers when imported; it is imported here, on first use."""
+    import unsloth  # noqa: F401  (before peft, as Unsloth asks)
+    from peft import PeftModel
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=base_model, max_seq_length=settings.max_length, load_in_4bit=settings.quantization == "nf4",
+        dtype=None, trust_remote_code=trust_remote_code)
+    if previous_adapter is not None:
+        return PeftModel.from_pretrained(model, str(previous_adapter), is_trainable=True), tokenizer
+    model = FastLanguageModel.get_peft_model(
+        model, r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        use_gradient_checkpointing="unsloth" if settings.gradient_checkpointing else False, random_state=seed)
+    return model, tokenizer
 
 
 def fitting_pairs(pairs: list[dict], tokenizer, max_length: int) -> list[dict]:

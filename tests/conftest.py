@@ -17,10 +17,11 @@ def ctx(tmp_path):
 
     import bootstrap
     from cai.config import load_constitution
+    from cai.serve import ServeSettings
     from cai.store import Run
 
     con, _ = load_constitution(ROOT / "constitution.yaml")
     run = Run(tmp_path / "run")
     run.manifest = {"config": {}, "stages": {}}
-    server = SimpleNamespace(api_base="http://unused", api_key="k")
+    server = SimpleNamespace(api_base="http://unused", api_key="k", settings=ServeSettings(model="model"))
     return bootstrap.Context(run, server, con, "model", "plain", 4, 30, 0, False)

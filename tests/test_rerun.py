@@ -14,6 +14,7 @@ from dspy.utils.dummies import DummyLM
 import bootstrap
 from cai.config import PairFilters, load_constitution, load_curriculum, resolve_stage
 from cai.lm import Endpoint
+from cai.serve import ServeSettings
 from cai.store import Run, write_json_atomic
 from programs.adapter import PlainAdapter
 
@@ -37,7 +38,7 @@ def run_stages(run, constitution, stages, monkeypatch):
     monkeypatch.setattr(bootstrap, "swap", lambda ctx, st: {})
     monkeypatch.setattr(bootstrap, "evaluate", lambda ctx, st, served, reference: write_json_atomic(
         ctx.run.stage_dir(st.number) / "eval.json", {"instruction_following": {"score": 0.5, "low": 0.3, "high": 0.7, "n": 20}}) or {})
-    ctx = bootstrap.Context(run, SimpleNamespace(api_base="http://unused", api_key="k"), constitution, "m", "plain", 2, 30, 0, False)
+    ctx = bootstrap.Context(run, SimpleNamespace(api_base="http://unused", api_key="k", settings=ServeSettings(model="m")), constitution, "m", "plain", 2, 30, 0, False)
     ctx.guard = ctx.guard.model_copy(update={"mode": "off"})
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     policy = "stage0"

@@ -1,0 +1,178 @@
+"""The memory plan for one GPU, checked before anything runs.
+
+One GPU does three jobs in turn: the policy server (weights at the chosen precision
+plus its KV cache), training (weights at the training precision, the LoRA and its
+optimizer state, activations), and the guard's server. While training runs, the policy
+server sleeps (level 1: weights to host memory, KV cache freed) or stops; the guard's
+server runs while the policy sleeps. So each job must fit on its own, and a sleeping
+server's weights must fit in host memory.
+
+The figures are estimates from the model's shape, calibrated on one measured run
+(DESIGN.md, "The GPU profile, one run on an H200": Qwen2.5-32B's shape, bf16 weights
+61 GiB, NF4 linear layers 17.9 GiB with embeddings and head in float32 6.3 GiB; training
+peaks of 84 GiB at 8 x 1024 tokens in bf16 and 35.9 GiB at 4 x 1024 in NF4, both with
+gradient checkpointing). The training estimate comes within 5% of both peaks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1024 ** 3
+# bytes per parameter of the linear layers
+SERVE_BYTES = {"none": 2.0, "fp8": 1.0, "bitsandbytes": 0.616}  # bf16; fp8 weights; NF4 with its scales (measured)
+TRAIN_BYTES = {"none": 2.0, "nf4": 0.616}
+# Activations per token in the training batch, as a multiple of layers x hidden x 2 bytes,
+# with gradient checkpointing (about 2.4 MiB a token on 64 layers x 5120).
+ACTIVATION_FACTOR = 3.9
+ACTIVATION_FACTOR_NO_CHECKPOINTING = 3.9 * 8  # every layer's activations kept: a guess, not measured
+SERVER_OVERHEAD_GIB = 3.0  # CUDA context, CUDA graphs, sampler workspace
+TRAIN_OVERHEAD_GIB = 2.0  # CUDA context, allocator fragmentation
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan needs to know of a model; read from its config.json, or stated in the profile."""
+
+    params_b: float  # all parameters, billions
+    layers: int
+    hidden: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    intermediate: int
+    tied_embeddings: bool = False
+
+    @property
+    def embedding_params(self) -> float:
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    @property
+    def linear_params(self) -> float:
+        return self.params_b * 1e9 - self.embedding_params
+
+    def lora_params(self, rank: int) -> float:
+        """LoRA on every linear layer of a decoder block (q, k, v, o, gate, up, down)."""
+        inter, kv = self.intermediate, self.kv_heads * self.head_dim
+        shapes = [(self.hidden, self.hidden), (self.hidden, kv), (self.hidden, kv), (self.hidden, self.hidden),
+                  (self.hidden, inter), (self.hidden, inter), (inter, self.hidden)]
+        return self.layers * rank * sum(a + b for a, b in shapes)
+
+
+def shape_from_config(path: Path) -> ModelShape:
+    """The shape of a transformers model folder, from its config.json and weights' size."""
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg)
+    hidden, layers, vocab = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    heads = cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads", heads)
+    head_dim = cfg.get("head_dim") or hidden // heads
+    inter = cfg.get("intermediate_size", 4 * hidden)
+    q_o = 2 * hidden * heads * head_dim
+    kv = 2 * hidden * kv_heads * head_dim
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    params = layers * (q_o + kv + 3 * hidden * inter) + vocab * hidden * (1 if tied else 2)
+    return ModelShape(round(params / 1e9, 3), layers, hidden, kv_heads, head_dim, vocab, inter, tied)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    parts: dict[str, float]  # GiB each
+    limit_gib: float
+    note: str = ""
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.limit_gib
+
+    def line(self) -> str:
+        parts = " + ".join(f"{k} {v:.1f}" for k, v in self.parts.items())
+        verdict = "ok" if self.fits else "DOES NOT FIT"
+        return f"{self.name}: {parts} = {self.total:.1f} GiB of {self.limit_gib:.1f} GiB: {verdict}{'; ' + self.note if self.note else ''}"
+
+
+def serving(shape: ModelShape, quantization: str, gpu_gib: float, utilization: float, max_model_len: int,
+            sequences: int, tokens_per_sequence: int, name: str = "policy server") -> Job:
+    """Weights at the serving precision + a KV cache that holds one full-length sequence (vLLM
+    refuses to start otherwise), within vLLM's share of the GPU; the note says how many of
+    the `sequences` requests in flight (of `tokens_per_sequence` each) the rest holds."""
+    embed_bytes = 2.0  # vLLM keeps embeddings and head in the model's dtype
+    weights = (shape.linear_params * SERVE_BYTES[quantization] + shape.embedding_params * embed_bytes) / GIB
+    kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * 2 / GIB  # K and V, bf16
+    limit = gpu_gib * utilization
+    held = int(max(0.0, limit - weights - SERVER_OVERHEAD_GIB) / kv_per_token)
+    in_flight = min(sequences, held // max(1, tokens_per_sequence))
+    note = f"KV cache for {held:,} tokens: {in_flight} of {sequences} requests in flight"
+    return Job(name, {"weights": weights, "kv cache (one full sequence)": max_model_len * kv_per_token,
+                      "overhead": SERVER_OVERHEAD_GIB}, limit, note)
+
+
+def training(shape: ModelShape, quantization: str, gpu_gib: float, batch_pairs: int, max_length: int, lora_r: int,
+             gradient_checkpointing: bool) -> Job:
+    """The training peak: weights + LoRA with Adam's state + activations for a DPO batch
+    (chosen and rejected: 2 sequences a pair)."""
+    embed_bytes = 4.0 if quantization == "nf4" else 2.0  # QLoRA keeps embeddings and head in float32 (measured)
+    weights = (shape.linear_params * TRAIN_BYTES[quantization] + shape.embedding_params * embed_bytes) / GIB
+    lora = shape.lora_params(lora_r) * (4 + 4 + 8) / GIB  # float32 weights, gradients, Adam's two moments
+    factor = ACTIVATION_FACTOR if gradient_checkpointing else ACTIVATION_FACTOR_NO_CHECKPOINTING
+    tokens = 2 * batch_pairs * max_length
+    activations = tokens * factor * shape.layers * shape.hidden * 2 / GIB
+    return Job("training", {"weights": weights, "lora + optimizer": lora, "activations": activations,
+                            "overhead": TRAIN_OVERHEAD_GIB}, gpu_gib)
+
+
+def host_for_sleep(serve: Job, host_gib: float) -> Job:
+    """Level-1 sleep moves the server's weights to host memory."""
+    return Job("host memory while the server sleeps", {"weights": serve.parts["weights"]}, host_gib)
+
+
+def advice(job: Job) -> str:
+    """What to change when a job does not fit."""
+    if job.name == "training":
+        return ("train with `train.quantization: nf4` (QLoRA), `train.gradient_checkpointing: true`, "
+                "a smaller `train.batch_size` (with `grad_accum` to keep the pairs per step) or `train.max_length`")
+    if job.name.startswith("host"):
+        return "stop the server while training instead of sleeping it (`serve.sleep: false`), or use a machine with more host memory"
+    return ("serve at a lower precision (`serve.quantization: fp8` or `bitsandbytes`), raise `serve.gpu_memory_utilization`, "
+            "or lower `concurrency` or `serve.max_model_len`")
+
+
+def shape_of(model: str, stated) -> ModelShape:
+    """The shape from the model folder's config.json, else as the profile states it."""
+    if (Path(model) / "config.json").exists():
+        return shape_from_config(Path(model))
+    if stated is None:
+        raise ValueError(f"{model} is not on disk: state its shape (params_b, layers, hidden, kv_heads, head_dim, vocab, "
+                         f"intermediate) in the profile's gpu section")
+    return ModelShape(**stated.model_dump())
+
+
+def plan(profile, stages: dict, model: str, guard_model: str | None, gpu_gib: float) -> list[Job]:
+    """Every job the GPU does in turn, each against what it may use: the policy server within
+    its share; training and the guard's server within the whole card if the server sleeps
+    meanwhile, else within what the server leaves."""
+    gpu = profile.gpu
+    serve = profile.serve
+    longest = max(max(st.generation.respond.max_tokens, st.generation.revise.max_tokens) for st in stages.values())
+    policy = serving(shape_of(model, gpu.model_shape), serve.quantization, gpu_gib, serve.gpu_memory_utilization,
+                     serve.max_model_len, profile.concurrency, 512 + longest)
+    beside = gpu_gib if serve.sleep_while_training else gpu_gib * (1 - serve.gpu_memory_utilization)
+    worst = max((st.train for st in stages.values()),
+                key=lambda t: (t.quantization == "none", t.batch_size * t.max_length, not t.gradient_checkpointing))
+    train = training(shape_of(model, gpu.model_shape), worst.quantization, beside, worst.batch_size, worst.max_length,
+                     worst.lora_r, worst.gradient_checkpointing)
+    jobs = [policy, train]
+    if profile.guard.mode == "llama-guard" and guard_model:
+        g = profile.guard.serve
+        jobs.append(serving(shape_of(guard_model, gpu.guard_shape), g.quantization, beside, g.gpu_memory_utilization,
+                            g.max_model_len, profile.concurrency, 1024, name="guard server"))
+    if serve.sleep_while_training:
+        jobs.append(host_for_sleep(policy, gpu.host_memory_gib))
+    return jobs
