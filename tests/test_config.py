@@ -51,6 +51,11 @@ def test_stage_settings_merge_defaults_profile_stage(tmp_path):
     (lambda d: d["profiles"]["quick"].update(guard={"mode": "llama-guard"}), "profiles.quick.guard: mode llama-guard needs `model`"),
     (lambda d: d["profiles"]["quick"].update(guard={"mode": "shield"}), "profiles.quick.guard.mode"),
     (lambda d: d["defaults"].update(judge_margin=1.5), "defaults.judge_margin"),
+    (lambda d: d["defaults"]["pair_filters"].update(min_relevence=0.3), "defaults.pair_filters.min_relevence: Extra inputs"),
+    (lambda d: d["stages"][3].update(pair_sources=["oracle"]), "stages.3.pair_sources.0"),
+    (lambda d: d["defaults"]["gate"]["max_drop"].update(relevance="loose"), "defaults.gate.max_drop.relevance"),
+    (lambda d: d["profiles"]["gpu"]["train"].update(quantization="int3"), "profiles.gpu.train.quantization"),
+    (lambda d: d["profiles"]["gpu"]["gpu"].pop("train_tokens_per_s"), "profiles.gpu.gpu.train_tokens_per_s: Field required"),
 ])
 def test_bad_curriculum_names_the_field(tmp_path, mutate, expected):
     data = shipped("curriculum.yaml")
