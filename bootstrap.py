@@ -408,7 +408,7 @@ def measure_quality(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
 
 def make_pairs(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
     n = st.number
-    signals = {q["id"]: q for q in _read(ctx.run, n, "quality")}
+    signals = quality.by_id(_read(ctx.run, n, "quality"))
     sources, trust = trusted_sources(ctx, st)
     pairs, counts, unsafe = build_pairs(n, tasks, *(list(ctx.run.records(n, name)) for name in ("responses", "critiques", "revisions", "judgments", "guard")),
                                         guard_mode=ctx.guard.mode, judge_margin=st.judge_margin, quality=signals, filters=st.pair_filters,

@@ -30,7 +30,7 @@ def records(run: Run, n: int, name: str) -> list[dict]:
 
 def signals(run: Run, n: int, tasks: list[dict], model) -> dict:
     if stored := records(run, n, "quality"):
-        return {q["id"]: q for q in stored}
+        return quality.by_id(stored)
     request_of = {t["id"]: t["request"] for t in tasks}
     answers = [(r, r["response"]) for r in records(run, n, "responses") if r["ok"]]
     answers += [(r, r["revision"]) for r in records(run, n, "revisions") if r["ok"]]

@@ -82,6 +82,14 @@ def is_boilerplate(text: str) -> bool:
     return bool(BOILERPLATE.search(text))
 
 
+SIGNALS = ("relevance", "repetition", "words", "boilerplate", "empty")
+
+
+def by_id(rows: list[dict]) -> dict[str, dict]:
+    """`quality.jsonl`'s rows as {answer id: its signals}, the shape the pair filters read."""
+    return {r["id"]: {k: r[k] for k in SIGNALS} for r in rows}
+
+
 def signals(requests: list[str], answers: list[str], model) -> list[dict]:
     """Every signal for each (bare request, answer)."""
     rel = relevance(requests, answers, model)

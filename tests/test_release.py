@@ -9,6 +9,7 @@ import datasets
 
 from cai.config import PairFilters, load_constitution, load_curriculum
 from cai.pairs import build_pairs
+from cai.quality import by_id
 from cai.store import Run, write_json_atomic, write_jsonl_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,9 @@ def stage_pairs(n: int) -> list[dict]:
              for t in (task["id"], responses[0]["id"], responses[1]["id"], rev[0]["id"])]
     if n == 1:  # stage 1 without the quality filters, stage 2 with them: the splits must still agree on the schema
         return build_pairs(n, [task], responses, crit, rev, [], guard, guard_mode="self")[0]
-    quality = {r["id"]: {"relevance": 0.7, "repetition": 0.0, "words": 3, "boilerplate": False, "empty": False} for r in (*responses, *rev)}
+    rows = [{"id": r["id"], "task_id": task["id"], "relevance": 0.7, "repetition": 0.0, "words": 3, "boilerplate": False, "empty": False}
+            for r in (*responses, *rev)]  # as quality.jsonl holds them
+    quality = by_id(rows)
     return build_pairs(n, [task], responses, crit, rev, [], guard, guard_mode="self", quality=quality, filters=PairFilters())[0]
 
 

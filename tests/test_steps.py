@@ -117,6 +117,7 @@ def test_the_guard_step_keeps_flagged_items_out_of_pairs_jsonl(ctx, monkeypatch)
 
 
 def test_the_quality_step_measures_every_answer_once_and_the_pairs_step_filters_on_it(ctx):
+    from cai import quality
     from cai.store import read_jsonl
 
     no_comma = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
@@ -135,7 +136,8 @@ def test_the_quality_step_measures_every_answer_once_and_the_pairs_step_filters_
     (pair,) = read_jsonl(ctx.run.stage_dir(1) / "pairs.jsonl")
     # the self-introduction keeps the rule too, but is never chosen: the on-topic keeping sample is
     assert pair["chosen"][0]["content"] == "apples and pears and plums" and counts["pairs"] == 1
-    assert pair["provenance"]["quality"]["chosen"] == signals["s1-seed00-r2"]
+    assert pair["provenance"]["quality"]["chosen"] == {k: signals["s1-seed00-r2"][k] for k in quality.SIGNALS}  # the signals alone
+    assert set(pair["provenance"]["quality"]["rejected"]) == set(quality.SIGNALS)
 
 
 @pytest.mark.parametrize("agreement,trusted", [(None, False), (0.5, False), (0.8, True)])
