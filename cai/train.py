@@ -139,6 +139,7 @@ def train_adapter(
     os.replace(tmp, out_dir)
     shutil.rmtree(work, ignore_errors=True)
     rewards = [h.get("rewards/accuracies") for h in trainer.state.log_history if "rewards/accuracies" in h]
+    tokens = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)
     return {
         "pairs_used": len(rows),
         "pairs_too_long": len(pairs) - len(rows),
@@ -148,6 +149,7 @@ def train_adapter(
         "loss_last": round(losses[-1], 4),
         "reward_accuracy_last": rewards[-1] if rewards else None,
         "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
+        "train_tokens": int(tokens) if tokens else None,  # what `plan --run` measures training throughput from
     }
 
 
