@@ -64,8 +64,9 @@ from cai.optimize import compile_program, render
 from cai.optimize import load as load_compiled
 from cai.model import ModelError, resolve_model
 from cai.pairs import build_pairs, checker_verdict
+from cai.rerun import rerun_stage
 from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer, port_in_use
-from cai.store import Records, Run, Timer, derive, read_jsonl, write_json_atomic, write_jsonl_atomic
+from cai.store import Records, Run, Timer, read_jsonl, write_json_atomic, write_jsonl_atomic
 from cai.tasks import Novelty, proposer_examples
 from cai.train import TrainingError, train_adapter
 from programs.critique import Critic
@@ -672,7 +673,7 @@ def open_run(folder: Path, config: dict, snapshot: dict) -> Run:
             changed = [k for k in config if run.manifest.get("config", {}).get(k) != config[k]]
             raise ConfigError(f"{folder}: this run was made with different settings ({', '.join(changed)}); "
                               f"use another --run name, or restore the original files to resume "
-                              f"(a new constitution for one stage: --only stageK)")
+                              f"(to rerun one stage under a new constitution or new stage settings: --only stageK)")
         return run
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -691,38 +692,6 @@ def new_manifest(folder: Path, config: dict, snapshot: dict) -> dict:
         except importlib.metadata.PackageNotFoundError:
             pass
     return {"run": folder.name, "config": config, "snapshot": snapshot, "versions": versions, "stages": {}}
-
-
-# What a stage makes without reading the constitution: a rerun under a new constitution
-# shares these files with the original and marks these steps done.
-CONSTITUTION_FREE_STEPS = ("propose", "respond")
-CONSTITUTION_FREE_FILES = ("proposals.jsonl", "tasks.jsonl", "responses.jsonl",  # propose, respond
-                           "programs/propose.json", "programs/judge.json", "optimize_responses.jsonl")  # optimize's parts
-
-
-def rerun_with_constitution(original: Run, stage: int, constitution: Constitution, config: dict, snapshot: dict) -> Path | None:
-    """The folder of the rerun of `stage` under a new constitution, made on first use; None
-    where the new constitution gives that stage the same principles (nothing to rerun).
-
-    Stages before `stage` and the constitution-free steps of `stage` (propose, respond)
-    are shared with the original by link; the rest of the stage is computed anew. The
-    original run is not written to.
-    """
-    folder = original.root.parent / f"{original.root.name}-constitution-{config['constitution_sha256'][:8]}"
-    if Run(folder).manifest:
-        return folder
-    old = Constitution.model_validate(original.manifest["snapshot"]["constitution"])
-    if old.for_stage(stage) == constitution.for_stage(stage):
-        return None
-    manifest = new_manifest(folder, config, snapshot)
-    manifest["derived_from"] = {"run": str(original.root), "stage": stage,
-                                "constitution_sha256": original.manifest["config"]["constitution_sha256"]}
-    manifest["stages"] = {f"stage{m}": original.stage(m) for m in range(0, stage)}
-    shared = all(original.step_done(stage, k) for k in CONSTITUTION_FREE_STEPS)  # else the stage is computed whole
-    steps = CONSTITUTION_FREE_STEPS if shared else ()
-    manifest["stages"][f"stage{stage}"] = {"steps": {k: original.stage(stage)["steps"][k] for k in steps}}
-    derive(original, folder, manifest, stage, list(CONSTITUTION_FREE_FILES) if shared else [])
-    return folder
 
 
 def bootstrap(args: argparse.Namespace) -> int:
@@ -757,12 +726,16 @@ def bootstrap(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.curriculum}: profiles.{profile_name}.serve.port: port {profile.serve.port} on 127.0.0.1 "
                           f"is in use; choose another, or 0 for any free port")
     original = Run(folder)
-    if args.only and original.manifest and {k for k in config if original.manifest["config"].get(k) != config[k]} == {"constitution_sha256"}:
-        folder = rerun_with_constitution(original, first, constitution, config, snapshot)
+    changed = {k for k in config if original.manifest and original.manifest["config"].get(k) != config[k]}
+    if args.only and changed and changed <= {"constitution_sha256", "curriculum_sha256", "profile"}:
+        folder = rerun_stage(original, first, constitution, curriculum, profile_name, new_manifest(folder, config, snapshot))
         if folder is None:
-            print(f"nothing to rerun: stage{first} has the same principles under {args.constitution}", flush=True)
+            print(f"nothing to rerun: stage{first} of {original.root} reads nothing that {args.constitution}, "
+                  f"{args.curriculum} and profile {profile_name} change", flush=True)
             return 0
-        print(f"rerunning stage{first} of {original.root} under {args.constitution} in {folder}", flush=True)
+        origin = Run(folder).manifest["derived_from"]
+        print(f"rerunning stage{first} of {original.root} under a changed {'; '.join(origin['changed'])}, "
+              f"from its {origin['first_step']} step, in {folder}", flush=True)
     run = open_run(folder, config, snapshot)
     if run.step_done(0, "evaluate") and all(run.stage_done(n) for n in range(first, last + 1)):
         print(f"nothing to do: stages {first}..{last} of {run.root} are done", flush=True)

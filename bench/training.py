@@ -1,6 +1,6 @@
 """Our training step against plain TRL DPOTrainer defaults, on the same pairs and model, in one run.
 
-    python bench/training.py --run runs/full [--profile quick] [--stage 1] [--repeat 2]
+    python bench/training.py --run runs/full [--profile quick] [--stage 1] [--repeat 2] [--pairs 16]
 
 Ours: `cai.train.train_adapter` with the profile's training settings. Plain: TRL's
 `DPOTrainer` with `DPOConfig`'s defaults, given only what it needs to run here (the
@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--profile", default="quick", help="whose training settings are ours")
     p.add_argument("--stage", type=int, default=1, help="whose training settings (stages may override them)")
     p.add_argument("--repeat", type=int, default=1, help="alternate the two this many times; the best time of each counts")
+    p.add_argument("--pairs", type=int, help="train on the first N pairs only (plain TRL's defaults take minutes a step on a CPU)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     curriculum, _ = load_curriculum(ROOT / "curriculum.yaml")
@@ -67,7 +68,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     pairs = [p for path in sorted(args.run.glob("stage*/pairs.jsonl")) for p in read_jsonl(path)]
-    pairs = fitting_pairs(pairs, AutoTokenizer.from_pretrained(model), settings.max_length)  # the same rows for both
+    pairs = fitting_pairs(pairs, AutoTokenizer.from_pretrained(model), settings.max_length)[:args.pairs]  # the same rows for both
     if not pairs:
         sys.exit(f"{args.run}: no pairs.jsonl with pairs that fit max_length={settings.max_length}")
     trained = len(pairs) * settings.epochs

@@ -163,6 +163,7 @@ def write_report(run: Run) -> Path:
         verdict = "-" if n == 0 else "; ".join(gate.get("failed", [])) or f"passed against {gate.get('against', '?')}"
         promoted = "-" if n == 0 else ("yes" if info.get("promoted") else "no")
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {promoted} | {verdict} |")
+    lines += change_from_base(data, stage_info)
     lines += gain_and_tax(data, stage_info)
     lines += ["", "Win rates count an item as won only when the base model, as judge, prefers it in both orders; "
               "ties are counted apart:", ""]
@@ -212,6 +213,41 @@ def write_report(run: Run) -> Path:
     return path
 
 
+def difference(now: dict, then: dict) -> tuple[float, float, float]:
+    """now - then, with a 95% interval from the two intervals (as if independent: the suites'
+    items are the same at every stage, so this is wider than a paired interval, never narrower)."""
+    half = 1.96 * (((now["high"] - now["low"]) / 3.92) ** 2 + ((then["high"] - then["low"]) / 3.92) ** 2) ** 0.5
+    d = now["score"] - then["score"]
+    return d, d - half, d + half
+
+
+def change_from_base(data: dict, stage_info: dict) -> list[str]:
+    """The run's verdict: the final policy (the last promoted stage) against the base, suite by
+    suite; a change counts only where its interval excludes zero."""
+    promoted = [n for n in data["stages"] if n > 0 and stage_info.get(f"stage{n}", {}).get("promoted")]
+    if not promoted or 0 not in data["evals"]:
+        return ["", "## From the base to the final policy", "", "No stage was promoted: the final policy is the base model."]
+    last, base, final = promoted[-1], data["evals"][0], data["evals"][promoted[-1]]
+    lines = ["", "## From the base to the final policy", "",
+             f"Stage {last} (the last promoted) against stage 0, each suite's difference with its 95% interval:", "",
+             "| suite | stage 0 | final | difference | reads |", "| --- | --- | --- | --- | --- |"]
+    better, worse = [], []
+    for name, way in SHOWN.items():
+        if name not in base or name not in final:
+            continue
+        d, low, high = difference(final[name], base[name])
+        moved = "up" if low > 0 else "down" if high < 0 else ""
+        reads = "no change" if not moved else moved if way == "neither" else \
+            ("better" if (moved == "up") == (way == "higher") else "worse")
+        (better if reads == "better" else worse if reads == "worse" else []).append(name)
+        lines.append(f"| {name} | {_cell(base[name], name)} | {_cell(final[name], name)} | {d:+.3f} [{low:+.3f}, {high:+.3f}] | {reads} |")
+    verdict = (f"**Shows a change**: {', '.join(better)} better, none worse." if better and not worse else
+               f"**Mixed**: {', '.join(better)} better, {', '.join(worse)} worse." if better else
+               f"**Worse**: {', '.join(worse)}." if worse else
+               "**Shows no change**: no suite moved beyond its interval.")
+    return lines + ["", verdict]
+
+
 def gain_and_tax(data: dict, stage_info: dict) -> list[str]:
     """Compliance beside relevance, off-topic share, length, repetition and boilerplate, stage by
     stage, with the pairs each quality filter dropped: a gain read without its tax is not read."""
@@ -244,12 +280,16 @@ def side_by_side(run: Run, original: Run, origin: dict, names: list[str]) -> lis
     ours = _read_json(run.stage_dir(n) / "eval.json")
     theirs = _read_json(original.stage_dir(n) / "eval.json")
     lines = [f"## Against `{original.root.name}`", "",
-             f"This run reran stage {n} of `{origin['run']}` under another constitution "
-             f"(sha256 `{run.manifest['config']['constitution_sha256'][:12]}` here, `{origin['constitution_sha256'][:12]}` there); "
-             f"the stages before it are shared.", "", f"| stage {n} | this run | original |", "| --- | --- | --- |"]
+             f"This run reran stage {n} of `{origin['run']}` under a changed {'; '.join(origin.get('changed', ['constitution']))}, "
+             f"from its `{origin.get('first_step', 'critique')}` step on; the stages before it, and the steps before that, "
+             f"are shared.", "", f"| stage {n} | this run | original |", "| --- | --- | --- |"]
     for name in names:
         cells = [f"{e[name]['score']:.2f} [{e[name]['low']:.2f}, {e[name]['high']:.2f}]" if name in e else "-" for e in (ours, theirs)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    counts = [r.stage(n).get("steps", {}).get("pairs", {}) for r in (run, original)]
+    lines.append("| pairs | " + " | ".join(str(c.get("pairs", "-")) for c in counts) + " |")
+    lines.append("| dropped by quality filters | " + " | ".join(
+        str(sum(v for k, v in c.items() if k.startswith("dropped_filter"))) for c in counts) + " |")
     return lines + [""]
 
 

@@ -153,7 +153,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def derive(original: Run, folder: Path, manifest: dict, stage: int, reuse: list[str]) -> Run:
     """A new run folder that shares the original's stages before `stage` and the `reuse`
-    files of `stage`, by link, not by copy: stages as symlinks, files as hard links.
+    files and folders of `stage`, by link, not by copy: stages as symlinks, files as hard links.
 
     Only finished, never-appended files are shared, so nothing the new run does writes
     into the original (atomic rewrites replace a link instead of writing through it).
@@ -161,9 +161,11 @@ def derive(original: Run, folder: Path, manifest: dict, stage: int, reuse: list[
     folder.mkdir(parents=True)
     for m in range(0, stage):
         (folder / f"stage{m}").symlink_to(os.path.relpath(original.stage_dir(m), folder), target_is_directory=True)
+    source = original.stage_dir(stage)
     for rel in reuse:
-        src, dst = original.stage_dir(stage) / rel, folder / f"stage{stage}" / rel
-        if src.exists():
+        paths = sorted(p for p in (source / rel).rglob("*") if p.is_file()) if (source / rel).is_dir() else [source / rel]
+        for src in (p for p in paths if p.exists()):
+            dst = folder / f"stage{stage}" / src.relative_to(source)
             dst.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(src, dst)

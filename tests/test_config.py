@@ -109,3 +109,10 @@ def test_quick_and_cpu_full_differ_only_in_counts():
     quick, full = cur.profiles["quick"].model_dump(), cur.profiles["cpu-full"].model_dump()
     assert {k for k in quick if quick[k] != full[k]} == {"counts"}
     assert full["counts"]["eval_items"] >= 200 and full["counts"]["samples"] >= quick["counts"]["samples"]
+
+
+def test_cpu_full_unfiltered_is_cpu_full_without_the_filters():
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    full, off = cur.profiles["cpu-full"].model_dump(), cur.profiles["cpu-full-unfiltered"].model_dump()
+    assert {k for k in full if full[k] != off[k]} == {"pair_filters"}
+    assert off["pair_filters"]["enabled"] is False and resolve_stage(cur, cur.profiles["cpu-full-unfiltered"], 1).pair_filters.enabled is False

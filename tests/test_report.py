@@ -49,3 +49,25 @@ def test_report_of_a_folder_that_is_not_a_run_says_so(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "bootstrap.py"), "report", "--run", str(tmp_path / "nothing")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "has no manifest.json" in result.stderr
+
+
+def verdict(final, promoted=True):
+    from cai.report import change_from_base
+
+    base = {"instruction_following": score(0.15, 200) | {"low": 0.10, "high": 0.20}, "relevance": score(0.6) | {"low": 0.57, "high": 0.63}}
+    lines = change_from_base({"stages": [0, 1], "evals": {0: base, 1: final}}, {"stage1": {"promoted": promoted}})
+    return lines[-1], "\n".join(lines)
+
+
+def test_the_verdict_counts_a_change_only_beyond_both_intervals():
+    same_relevance = {"score": 0.6, "low": 0.57, "high": 0.63, "n": 200}
+    last, table = verdict({"instruction_following": {"score": 0.30, "low": 0.24, "high": 0.36, "n": 200}, "relevance": same_relevance})
+    assert last == "**Shows a change**: instruction_following better, none worse."
+    assert "| instruction_following | 0.15 [0.10, 0.20] (200) | 0.30 [0.24, 0.36] (200) | +0.150 [+0.072, +0.228] | better |" in table
+    last, _ = verdict({"instruction_following": {"score": 0.22, "low": 0.16, "high": 0.28, "n": 200}, "relevance": same_relevance})
+    assert last == "**Shows no change**: no suite moved beyond its interval."  # +0.07 is inside the intervals' reach
+    last, _ = verdict({"instruction_following": {"score": 0.46, "low": 0.39, "high": 0.53, "n": 200},
+                       "relevance": {"score": 0.51, "low": 0.47, "high": 0.55, "n": 200}})
+    assert last == "**Mixed**: instruction_following better, relevance worse."  # DESIGN.md's hack, read as such
+    last, _ = verdict({}, promoted=False)
+    assert last == "No stage was promoted: the final policy is the base model."

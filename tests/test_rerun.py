@@ -1,5 +1,6 @@
-"""Rerunning one stage under a new constitution: upstream shared unchanged, downstream
-recomputed, the original run byte for byte as it was."""
+"""Rerunning one stage under a new constitution or new stage settings: upstream shared
+unchanged, downstream recomputed from the first step the change reaches, the original run
+byte for byte as it was."""
 
 import hashlib
 import json
@@ -12,8 +13,9 @@ import yaml
 from dspy.utils.dummies import DummyLM
 
 import bootstrap
-from cai.config import PairFilters, load_constitution, load_curriculum, resolve_stage
+from cai.config import ConfigError, PairFilters, load_constitution, load_curriculum, resolve_stage
 from cai.lm import Endpoint
+from cai.rerun import STEPS, first_step_reached, rerun_stage
 from cai.serve import ServeSettings
 from cai.store import Run, write_json_atomic
 from programs.adapter import PlainAdapter
@@ -27,7 +29,13 @@ def tree(root):
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
 
 
-def run_stages(run, constitution, stages, monkeypatch):
+def rerun(run, stage, config, constitution=None, curriculum=None):
+    con = constitution or load_constitution(ROOT / "constitution.yaml")[0]
+    cur = curriculum or load_curriculum(ROOT / "curriculum.yaml")[0]
+    return rerun_stage(run, stage, con, cur, config["profile"], bootstrap.new_manifest(run.root, config, {"constitution": con.model_dump()}))
+
+
+def run_stages(run, constitution, stages, monkeypatch, filters=PairFilters(enabled=False)):
     """Stages through the real step functions on a scripted LM; training and serving stubbed."""
     answers = {"Response A:\na fixed answer": "A", "Response B:\na fixed answer": "B",  # the judge prefers the revision
                "Kind:": "Describe how a sailboat can move against the wind.", "Critique request": "It breaks the rule.",
@@ -45,7 +53,7 @@ def run_stages(run, constitution, stages, monkeypatch):
     for n in stages:
         st = resolve_stage(cur, cur.profiles["quick"], n)
         st = st.model_copy(update={"counts": st.counts.model_copy(update={"proposed": 2, "seeds_used": 2}), "judge_margin": 0.0,
-                                   "pair_filters": PairFilters(enabled=False),  # scripted answers are off topic by design
+                                   "pair_filters": filters,  # scripted answers are off topic by design: off unless asked
                                    "optimize": st.optimize.model_copy(update={"trainset": 1, "devset": 1})})
         policy = bootstrap.run_stage(ctx, st, policy)
 
@@ -53,9 +61,10 @@ def run_stages(run, constitution, stages, monkeypatch):
 @pytest.fixture
 def original(tmp_path, monkeypatch):
     con, con_sha = load_constitution(ROOT / "constitution.yaml")
+    cur, cur_sha = load_curriculum(ROOT / "curriculum.yaml")
     run = Run(tmp_path / "orig")
-    config = {"constitution_sha256": con_sha, "curriculum_sha256": "c", "profile": "quick", "seed": 0, "model": "m"}
-    run.manifest = bootstrap.new_manifest(run.root, config, {"constitution": con.model_dump(), "curriculum": {}})
+    config = {"constitution_sha256": con_sha, "curriculum_sha256": cur_sha, "profile": "quick", "seed": 0, "model": "m"}
+    run.manifest = bootstrap.new_manifest(run.root, config, {"constitution": con.model_dump(), "curriculum": cur.model_dump()})
     write_json_atomic(run.stage_dir(0) / "eval.json", {"instruction_following": {"score": 0.4, "low": 0.2, "high": 0.6, "n": 20}})
     run.mark_done(0, "evaluate", 1.0)
     run_stages(run, con, (1, 2), monkeypatch)
@@ -76,10 +85,12 @@ def test_the_rerun_shares_upstream_recomputes_downstream_and_leaves_the_original
     run, config = original
     before = tree(run.root)
     con, sha = new_constitution(tmp_path, 2)
-    folder = bootstrap.rerun_with_constitution(run, 2, con, {**config, "constitution_sha256": sha}, {"constitution": con.model_dump()})
-    assert folder.name == f"orig-constitution-{sha[:8]}"
+    folder = rerun(run, 2, {**config, "constitution_sha256": sha}, constitution=con)
+    assert folder.name == f"orig-stage2-constitution-{sha[:8]}"
     derived = Run(folder)
+    assert derived.manifest["run"] == folder.name
     assert derived.manifest["derived_from"]["constitution_sha256"] == config["constitution_sha256"] != sha
+    assert derived.manifest["derived_from"]["changed"] == ["constitution"]
     assert derived.step_done(1, "gate") and derived.step_done(2, "respond") and not derived.step_done(2, "critique")
     run_stages(derived, con, (2,), monkeypatch)
 
@@ -106,5 +117,65 @@ def test_a_constitution_that_changes_nothing_for_the_stage_reruns_nothing(origin
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     con, sha = load_constitution(path)
     assert sha != config["constitution_sha256"]
-    assert bootstrap.rerun_with_constitution(run, 2, con, {**config, "constitution_sha256": sha}, {}) is None
-    assert not (run.root.parent / f"orig-constitution-{sha[:8]}").exists()
+    assert rerun(run, 2, {**config, "constitution_sha256": sha}, constitution=con) is None
+    assert not (run.root.parent / f"orig-stage2-constitution-{sha[:8]}").exists()
+
+
+def changed_curriculum(tmp_path, edit):
+    data = yaml.safe_load((ROOT / "curriculum.yaml").read_text())
+    edit(data)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_curriculum(path)
+
+
+def test_changed_pair_filters_rerun_the_stage_from_pairs_on_the_same_samples(original, tmp_path, monkeypatch):
+    run, config = original
+    before = tree(run.root)
+    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"]["quick"].update(pair_filters={"enabled": False, "min_relevance": 0.9}))
+    folder = rerun(run, 2, {**config, "curriculum_sha256": sha}, curriculum=cur)
+    assert folder.name == f"orig-stage2-curriculum-{sha[:8]}"
+    derived = Run(folder)
+    origin = derived.manifest["derived_from"]
+    assert origin["changed"] == ["curriculum: pair_filters"] and origin["first_step"] == "pairs"
+    assert [k for k in STEPS if derived.step_done(2, k)] == ["optimize", "propose", "respond", "critique", "revise",
+                                                                         "judge", "guard", "quality"]
+    for shared in ("stage2/responses.jsonl", "stage2/revisions.jsonl", "stage2/quality.jsonl", "stage2/programs/critique.json"):
+        assert (derived.root / shared).stat().st_ino == (run.root / shared).stat().st_ino, shared
+    assert not (derived.root / "stage2" / "pairs.jsonl").exists()
+    run_stages(derived, load_constitution(ROOT / "constitution.yaml")[0], (2,), monkeypatch, filters=PairFilters(min_relevance=0.9))
+    assert derived.step_done(2, "gate")
+    assert derived.stage(2)["steps"]["pairs"]["pairs"] < run.stage(2)["steps"]["pairs"]["pairs"]  # strict filters: fewer pairs
+    assert tree(run.root) == before
+
+
+def test_a_changed_gate_shares_everything_up_to_the_gate(original, tmp_path):
+    run, config = original
+    cur, sha = changed_curriculum(tmp_path, lambda d: d["stages"][1].update(gate={"max_drop": {"instruction_following": 0.5}}))
+    derived = Run(rerun(run, 2, {**config, "curriculum_sha256": sha}, curriculum=cur))
+    assert derived.step_done(2, "evaluate") and not derived.step_done(2, "gate")
+    assert (derived.root / "stage2" / "eval.json").exists()
+    assert rerun(run, 1, {**config, "curriculum_sha256": sha}, curriculum=cur) is None  # stage 1's gate is unchanged
+
+
+def test_first_step_reached():
+    assert first_step_reached(["suites", "train"], False) == "train"
+    assert first_step_reached(["gate"], True) == "critique"
+    assert first_step_reached(["counts"], True) == "optimize"
+    assert first_step_reached([], False) is None
+
+
+def test_a_changed_model_or_server_is_a_new_run_not_a_rerun(original, tmp_path):
+    run, config = original
+    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"]["quick"]["serve"].update(max_model_len=1024))
+    with pytest.raises(ConfigError, match=r"profiles\.quick\.serve"):
+        rerun(run, 2, {**config, "curriculum_sha256": sha}, curriculum=cur)
+
+
+def test_a_profile_that_differs_only_in_stage_settings_reruns_the_stage(original, tmp_path):
+    run, config = original
+    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"].update({"quick-unfiltered": {**d["profiles"]["quick"], "pair_filters": {"enabled": False}}}))
+    folder = rerun(run, 2, {**config, "curriculum_sha256": sha, "profile": "quick-unfiltered"}, curriculum=cur)
+    assert folder.name == f"orig-stage2-quick-unfiltered-curriculum-{sha[:8]}"
+    origin = Run(folder).manifest["derived_from"]
+    assert origin["profile"] == "quick" and origin["changed"] == ["curriculum: pair_filters"] and origin["first_step"] == "pairs"
