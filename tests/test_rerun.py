@@ -71,14 +71,25 @@ def original(tmp_path, monkeypatch):
     return run, config
 
 
-def new_constitution(tmp_path, stage):
-    data = yaml.safe_load((ROOT / "constitution.yaml").read_text())
-    for p in data["principles"]:
-        if stage in p["stages"]:
-            p["critique"] = "Say which words of the response a child would not understand."
-    path = tmp_path / "new.yaml"
+def edited(tmp_path, name, edit):
+    """A copy of the project's `name` (constitution.yaml or curriculum.yaml) after `edit` of its data."""
+    data = yaml.safe_load((ROOT / name).read_text())
+    edit(data)
+    path = tmp_path / f"edited-{name}"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_constitution(path)
+    return path
+
+
+def new_constitution(tmp_path, stage):
+    def edit(data):
+        for p in data["principles"]:
+            if stage in p["stages"]:
+                p["critique"] = "Say which words of the response a child would not understand."
+    return load_constitution(edited(tmp_path, "constitution.yaml", edit))
+
+
+def changed_curriculum(tmp_path, edit):
+    return load_curriculum(edited(tmp_path, "curriculum.yaml", edit))
 
 
 def test_the_rerun_shares_upstream_recomputes_downstream_and_leaves_the_original_alone(original, tmp_path, monkeypatch):
@@ -110,23 +121,12 @@ def test_the_rerun_shares_upstream_recomputes_downstream_and_leaves_the_original
 
 def test_a_constitution_that_changes_nothing_for_the_stage_reruns_nothing(original, tmp_path):
     run, config = original
-    data = yaml.safe_load((ROOT / "constitution.yaml").read_text())
-    data["principles"].append({"id": "only-for-stage-five", "category": "helpful", "stages": [5],
-                               "critique": "Is the rewrite shorter than the text it rewrites?", "revision": "Make it shorter."})
-    path = tmp_path / "stage5-only.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    con, sha = load_constitution(path)
+    con, sha = load_constitution(edited(tmp_path, "constitution.yaml", lambda d: d["principles"].append(
+        {"id": "only-for-stage-five", "category": "helpful", "stages": [5],
+         "critique": "Is the rewrite shorter than the text it rewrites?", "revision": "Make it shorter."})))
     assert sha != config["constitution_sha256"]
     assert rerun(run, 2, {**config, "constitution_sha256": sha}, constitution=con) is None
     assert not (run.root.parent / f"orig-stage2-constitution-{sha[:8]}").exists()
-
-
-def changed_curriculum(tmp_path, edit):
-    data = yaml.safe_load((ROOT / "curriculum.yaml").read_text())
-    edit(data)
-    path = tmp_path / "changed.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_curriculum(path)
 
 
 def test_changed_pair_filters_rerun_the_stage_from_pairs_on_the_same_samples(original, tmp_path, monkeypatch):
