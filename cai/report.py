@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cai.evaluate import QUALITY_ON, mean_interval  # noqa: E402
+from cai.quality import OFF_TOPIC_BELOW  # noqa: E402
 from cai.store import Run, read_jsonl  # noqa: E402
 
 # The suites' scores in the order the report shows them, and which way is better.
@@ -163,7 +165,7 @@ def write_report(run: Run) -> Path:
         verdict = "-" if n == 0 else "; ".join(gate.get("failed", [])) or f"passed against {gate.get('against', '?')}"
         promoted = "-" if n == 0 else ("yes" if info.get("promoted") else "no")
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {promoted} | {verdict} |")
-    lines += change_from_base(data, stage_info)
+    lines += change_from_base(run, data, stage_info)
     lines += gain_and_tax(data, stage_info)
     lines += ["", "Win rates count an item as won only when the base model, as judge, prefers it in both orders; "
               "ties are counted apart:", ""]
@@ -213,15 +215,43 @@ def write_report(run: Run) -> Path:
     return path
 
 
-def difference(now: dict, then: dict) -> tuple[float, float, float]:
-    """now - then, with a 95% interval from the two intervals (as if independent: the suites'
-    items are the same at every stage, so this is wider than a paired interval, never narrower)."""
-    half = 1.96 * (((now["high"] - now["low"]) / 3.92) ** 2 + ((then["high"] - then["low"]) / 3.92) ** 2) ** 0.5
-    d = now["score"] - then["score"]
-    return d, d - half, d + half
+# Each score as a value per held-out item, from a stage's eval/*.jsonl: (file, the item's value).
+PER_ITEM = {
+    "instruction_following": (("instruction_following",), lambda r: float(r["metrics"]["prompt_level_strict_acc"])),
+    "instruction_following_loose": (("instruction_following",), lambda r: float(r["metrics"]["prompt_level_loose_acc"])),
+    "harmlessness_refusal": (("harmlessness",), lambda r: r["metrics"]["refusal"]),
+    "over_refusal": (("over_refusal",), lambda r: r["metrics"]["refusal"]),
+    "relevance": (QUALITY_ON, lambda r: r["quality"]["relevance"]),
+    "off_topic": (QUALITY_ON, lambda r: float(r["quality"]["relevance"] < OFF_TOPIC_BELOW)),
+    "repetition": (QUALITY_ON, lambda r: r["quality"]["repetition"]),
+    "length_words": (QUALITY_ON, lambda r: float(r["quality"]["words"])),
+    "boilerplate": (QUALITY_ON, lambda r: float(r["quality"]["boilerplate"] or r["quality"]["empty"])),
+}
 
 
-def change_from_base(data: dict, stage_info: dict) -> list[str]:
+def per_item(run: Run, n: int, name: str) -> dict[str, float]:
+    """The score `name` of stage n item by item (id: value); empty where its records are missing."""
+    files, value = PER_ITEM[name]
+    try:
+        return {f"{f}/{r['id']}": value(r) for f in files for r in read_jsonl(run.stage_dir(n) / "eval" / f"{f}.jsonl")}
+    except (OSError, KeyError, TypeError):
+        return {}
+
+
+def difference(run: Run, name: str, now: int, then: int, scores: tuple[dict, dict]) -> tuple[dict, str]:
+    """Stage `now`'s score minus stage `then`'s, with a 95% interval: paired over the items both
+    answered where their records are at hand (the suites are the same items at every stage),
+    else from the two intervals as if independent (wider)."""
+    a, b = (per_item(run, now, name), per_item(run, then, name)) if name in PER_ITEM else ({}, {})
+    if shared := sorted(set(a) & set(b)):
+        return mean_interval([a[k] - b[k] for k in shared]), "paired"
+    now_s, then_s = scores
+    half = 1.96 * (((now_s["high"] - now_s["low"]) / 3.92) ** 2 + ((then_s["high"] - then_s["low"]) / 3.92) ** 2) ** 0.5
+    d = now_s["score"] - then_s["score"]
+    return {"score": d, "low": d - half, "high": d + half, "n": min(now_s["n"], then_s["n"])}, "unpaired"
+
+
+def change_from_base(run: Run, data: dict, stage_info: dict) -> list[str]:
     """The run's verdict: the final policy (the last promoted stage) against the base, suite by
     suite; a change counts only where its interval excludes zero."""
     promoted = [n for n in data["stages"] if n > 0 and stage_info.get(f"stage{n}", {}).get("promoted")]
@@ -229,18 +259,20 @@ def change_from_base(data: dict, stage_info: dict) -> list[str]:
         return ["", "## From the base to the final policy", "", "No stage was promoted: the final policy is the base model."]
     last, base, final = promoted[-1], data["evals"][0], data["evals"][promoted[-1]]
     lines = ["", "## From the base to the final policy", "",
-             f"Stage {last} (the last promoted) against stage 0, each suite's difference with its 95% interval:", "",
+             f"Stage {last} (the last promoted) against stage 0, each suite's difference with its 95% interval, paired "
+             f"item by item where the items' records are at hand:", "",
              "| suite | stage 0 | final | difference | reads |", "| --- | --- | --- | --- | --- |"]
     better, worse = [], []
     for name, way in SHOWN.items():
         if name not in base or name not in final:
             continue
-        d, low, high = difference(final[name], base[name])
+        diff, how = difference(run, name, last, 0, (final[name], base[name]))
+        d, low, high = diff["score"], diff["low"], diff["high"]
         moved = "up" if low > 0 else "down" if high < 0 else ""
         reads = "no change" if not moved else moved if way == "neither" else \
             ("better" if (moved == "up") == (way == "higher") else "worse")
         (better if reads == "better" else worse if reads == "worse" else []).append(name)
-        lines.append(f"| {name} | {_cell(base[name], name)} | {_cell(final[name], name)} | {d:+.3f} [{low:+.3f}, {high:+.3f}] | {reads} |")
+        lines.append(f"| {name} | {_cell(base[name], name)} | {_cell(final[name], name)} | {d:+.3f} [{low:+.3f}, {high:+.3f}] ({how}, {diff['n']}) | {reads} |")
     verdict = (f"**Shows a change**: {', '.join(better)} better, none worse." if better and not worse else
                f"**Mixed**: {', '.join(better)} better, {', '.join(worse)} worse." if better else
                f"**Worse**: {', '.join(worse)}." if worse else

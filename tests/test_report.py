@@ -2,10 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 from test_release import ROOT, fixture_run
 
-from cai.store import Records, write_json_atomic
+from cai.store import Records, Run, write_json_atomic
 
 
 def score(x, n=20):
@@ -51,19 +52,34 @@ def test_report_of_a_folder_that_is_not_a_run_says_so(tmp_path):
     assert result.returncode == 2 and "has no manifest.json" in result.stderr
 
 
-def verdict(final, promoted=True):
+def verdict(final, promoted=True, run=None):
     from cai.report import change_from_base
 
     base = {"instruction_following": score(0.15, 200) | {"low": 0.10, "high": 0.20}, "relevance": score(0.6) | {"low": 0.57, "high": 0.63}}
-    lines = change_from_base({"stages": [0, 1], "evals": {0: base, 1: final}}, {"stage1": {"promoted": promoted}})
+    lines = change_from_base(run or Run(Path("/nonexistent")), {"stages": [0, 1], "evals": {0: base, 1: final}}, {"stage1": {"promoted": promoted}})
     return lines[-1], "\n".join(lines)
+
+
+def test_the_verdict_pairs_the_items_where_their_records_are_at_hand(tmp_path):
+    """+0.07 in compliance is inside the unpaired intervals' reach; paired over the same 200
+    items (14 gained, none lost) it is a change."""
+    run = Run(tmp_path)
+    for n, passed in ((0, range(30)), (1, range(44))):
+        rows = Records(run.stage_dir(n) / "eval" / "instruction_following.jsonl")
+        for i in range(200):
+            rows.append({"id": str(i), "metrics": {"prompt_level_strict_acc": i in passed, "prompt_level_loose_acc": i in passed}})
+    final = {"instruction_following": {"score": 0.22, "low": 0.16, "high": 0.28, "n": 200}}
+    assert verdict(final)[0] == "**Shows no change**: no suite moved beyond its interval."
+    last, table = verdict(final, run=run)
+    assert last == "**Shows a change**: instruction_following better, none worse."
+    assert "| +0.070 [+0.035, +0.105] (paired, 200) | better |" in table
 
 
 def test_the_verdict_counts_a_change_only_beyond_both_intervals():
     same_relevance = {"score": 0.6, "low": 0.57, "high": 0.63, "n": 200}
     last, table = verdict({"instruction_following": {"score": 0.30, "low": 0.24, "high": 0.36, "n": 200}, "relevance": same_relevance})
     assert last == "**Shows a change**: instruction_following better, none worse."
-    assert "| instruction_following | 0.15 [0.10, 0.20] (200) | 0.30 [0.24, 0.36] (200) | +0.150 [+0.072, +0.228] | better |" in table
+    assert "| instruction_following | 0.15 [0.10, 0.20] (200) | 0.30 [0.24, 0.36] (200) | +0.150 [+0.072, +0.228] (unpaired, 200) | better |" in table
     last, _ = verdict({"instruction_following": {"score": 0.22, "low": 0.16, "high": 0.28, "n": 200}, "relevance": same_relevance})
     assert last == "**Shows no change**: no suite moved beyond its interval."  # +0.07 is inside the intervals' reach
     last, _ = verdict({"instruction_following": {"score": 0.46, "low": 0.39, "high": 0.53, "n": 200},
