@@ -234,7 +234,7 @@ def per_item(run: Run, n: int, name: str) -> dict[str, float]:
     files, value = PER_ITEM[name]
     try:
         return {f"{f}/{r['id']}": value(r) for f in files for r in read_jsonl(run.stage_dir(n) / "eval" / f"{f}.jsonl")}
-    except (OSError, KeyError, TypeError):
+    except (OSError, KeyError, TypeError, ValueError):  # missing or unreadable: the unpaired interval serves
         return {}
 
 
