@@ -238,11 +238,11 @@ def per_item(run: Run, n: int, name: str) -> dict[str, float]:
         return {}
 
 
-def difference(run: Run, name: str, now: int, then: int, scores: tuple[dict, dict]) -> tuple[dict, str]:
-    """Stage `now`'s score minus stage `then`'s, with a 95% interval: paired over the items both
-    answered where their records are at hand (the suites are the same items at every stage),
-    else from the two intervals as if independent (wider)."""
-    a, b = (per_item(run, now, name), per_item(run, then, name)) if name in PER_ITEM else ({}, {})
+def difference(name: str, now: tuple[Run, int], then: tuple[Run, int], scores: tuple[dict, dict]) -> tuple[dict, str]:
+    """The score of stage `now` minus that of stage `then` (each a run and a stage), with a 95%
+    interval: paired over the items both answered where their records are at hand (the suites
+    are the same items at every stage), else from the two intervals as if independent (wider)."""
+    a, b = (per_item(*now, name), per_item(*then, name)) if name in PER_ITEM else ({}, {})
     if shared := sorted(set(a) & set(b)):
         return mean_interval([a[k] - b[k] for k in shared]), "paired"
     now_s, then_s = scores
@@ -266,7 +266,7 @@ def change_from_base(run: Run, data: dict, stage_info: dict) -> list[str]:
     for name, way in SHOWN.items():
         if name not in base or name not in final:
             continue
-        diff, how = difference(run, name, last, 0, (final[name], base[name]))
+        diff, how = difference(name, (run, last), (run, 0), (final[name], base[name]))
         d, low, high = diff["score"], diff["low"], diff["high"]
         moved = "up" if low > 0 else "down" if high < 0 else ""
         reads = "no change" if not moved else moved if way == "neither" else \
@@ -314,14 +314,18 @@ def side_by_side(run: Run, original: Run, origin: dict, names: list[str]) -> lis
     lines = [f"## Against `{original.root.name}`", "",
              f"This run reran stage {n} of `{origin['run']}` under a changed {'; '.join(origin.get('changed', ['constitution']))}, "
              f"from its `{origin.get('first_step', 'critique')}` step on; the stages before it, and the steps before that, "
-             f"are shared.", "", f"| stage {n} | this run | original |", "| --- | --- | --- |"]
+             f"are shared. The difference is this run's minus the original's, paired item by item where the records are at hand.",
+             "", f"| stage {n} | this run | original | difference |", "| --- | --- | --- | --- |"]
     for name in names:
         cells = [f"{e[name]['score']:.2f} [{e[name]['low']:.2f}, {e[name]['high']:.2f}]" if name in e else "-" for e in (ours, theirs)]
+        if name in ours and name in theirs:
+            diff, how = difference(name, (run, n), (original, n), (ours[name], theirs[name]))
+            cells.append(f"{diff['score']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] ({how})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     counts = [r.stage(n).get("steps", {}).get("pairs", {}) for r in (run, original)]
-    lines.append("| pairs | " + " | ".join(str(c.get("pairs", "-")) for c in counts) + " |")
+    lines.append("| pairs | " + " | ".join(str(c.get("pairs", "-")) for c in counts) + " | |")
     lines.append("| dropped by quality filters | " + " | ".join(
-        str(sum(v for k, v in c.items() if k.startswith("dropped_filter"))) for c in counts) + " |")
+        str(sum(v for k, v in c.items() if k.startswith("dropped_filter"))) for c in counts) + " | |")
     return lines + [""]
 
 
