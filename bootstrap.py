@@ -574,16 +574,17 @@ def not_trained(ctx: Context, n: int, policy: str, what: str, detail: str, skipp
     return policy
 
 
-def run_stage_surviving_faults(ctx: Context, st: StageConfig, policy: str) -> str:
-    """`run_stage`, with the server restarted where it died or hung mid-step; the step then
-    continues from its last record. A failure with the server healthy is not the server's: it is raised."""
+def surviving_faults(ctx: Context, what: str, fn):
+    """`fn()` (a stage, or stage 0's evaluation), with the server restarted where it died or hung
+    mid-step; the step then continues from its last record. A failure with the server healthy
+    is not the server's: it is raised."""
     for attempt in range(ctx.server_restarts + 1):
         try:
-            return run_stage(ctx, st, policy)
+            return fn()
         except (RequestFailed, ServerError) as e:
             if attempt == ctx.server_restarts or ctx.server.healthy():
                 raise
-            print(f"stage{st.number}: the server stopped answering ({str(e)[:200]}); restarting it "
+            print(f"{what}: the server stopped answering ({str(e)[:200]}); restarting it "
                   f"({attempt + 1} of {ctx.server_restarts}) and resuming", flush=True)
             ctx.server.restart()
     raise AssertionError("unreachable")
@@ -751,7 +752,7 @@ def bootstrap(args: argparse.Namespace) -> int:
         ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency,
                       profile.request_timeout_s, seed, profile.trust_remote_code, profile.guard, profile.server_restarts,
                       profile.embedding_model, gpu_count(), args.budget_usd, price)
-        step(ctx, 0, "evaluate", lambda: evaluate(ctx, stages[1], BASE_NAME))
+        surviving_faults(ctx, "stage0", lambda: step(ctx, 0, "evaluate", lambda: evaluate(ctx, stages[1], BASE_NAME)))
         policy = BASE_NAME
         for n in range(1, last + 1):
             if n < first or run.stage_done(n):  # done before: its adapter is the policy to continue
@@ -763,7 +764,7 @@ def bootstrap(args: argparse.Namespace) -> int:
                 speed = budget.Throughput.measured(run.manifest, budget.Throughput.stated(profile.gpu))
                 ahead = budget.stage_hours(budget.stage_work(stages[n]), speed, profile.gpu.seconds_per_stage) * price
                 budget.check(run.manifest, args.budget_usd, price, f"stage{n}", next_usd=ahead)
-            policy = run_stage_surviving_faults(ctx, stages[n], policy)
+            policy = surviving_faults(ctx, f"stage{n}", lambda: run_stage(ctx, stages[n], policy))
     release.export(run, run.root / "release")
     cai_report.write_report(run)
     print(f"done: {run.root} (report.md; dataset and model cards in {run.root / 'release'})", flush=True)

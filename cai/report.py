@@ -341,5 +341,7 @@ def _model_statement(cfg: dict) -> str:
                 "from a 4-bit GGUF). It shows that every step of the loop runs on the real stack. Its judge and its "
                 "guard are near chance (the judge names the first answer almost always; the guard calls nearly "
                 "everything safe), so its pairs come from the constraint checkers. A `quick` run is too small to move "
-                "a suite: read the intervals before reading any change.")
+                "a suite, and `cpu-full`, sized to two hours on two cores, kept 7-16 pairs a stage after the quality "
+                "filters, which moved no suite either (README, \"The cpu-full run, measured\"): read the verdict below "
+                "and the intervals before reading any change.")
     return (f"Model `{model}`. Scores carry 95% intervals; a change smaller than the intervals is not a change.")

@@ -1,4 +1,5 @@
-"""A server that dies or hangs mid-step is restarted and the stage resumes; bounded, and only when it is the server."""
+"""A server that dies or hangs mid-step is restarted and the stage (or stage 0's evaluation)
+resumes; bounded, and only when it is the server."""
 
 from types import SimpleNamespace
 
@@ -38,7 +39,7 @@ def test_a_dead_server_is_restarted_and_the_stage_resumes(monkeypatch):
     run_stage, calls = failing(2)
     monkeypatch.setattr(bootstrap, "run_stage", run_stage)
     server = FakeServer(healthy=False)
-    assert bootstrap.run_stage_surviving_faults(ctx_with(server), SimpleNamespace(number=2), "stage1") == "stage2"
+    assert bootstrap.surviving_faults(ctx_with(server), "stage2", lambda: bootstrap.run_stage(None, None, "stage1")) == "stage2"
     assert server.restarts == 2 and calls == ["stage1"] * 3
 
 
@@ -47,7 +48,7 @@ def test_restarts_are_bounded(monkeypatch):
     monkeypatch.setattr(bootstrap, "run_stage", run_stage)
     server = FakeServer(healthy=False)
     with pytest.raises(RequestFailed, match="Connection refused"):
-        bootstrap.run_stage_surviving_faults(ctx_with(server, restarts=2), SimpleNamespace(number=2), "stage1")
+        bootstrap.surviving_faults(ctx_with(server, restarts=2), "stage2", lambda: bootstrap.run_stage(None, None, "stage1"))
     assert server.restarts == 2
 
 
@@ -56,5 +57,20 @@ def test_a_failure_with_a_healthy_server_is_not_the_servers(monkeypatch):
     monkeypatch.setattr(bootstrap, "run_stage", run_stage)
     server = FakeServer(healthy=True)
     with pytest.raises(RequestFailed):
-        bootstrap.run_stage_surviving_faults(ctx_with(server), SimpleNamespace(number=2), "stage1")
+        bootstrap.surviving_faults(ctx_with(server), "stage2", lambda: bootstrap.run_stage(None, None, "stage1"))
     assert server.restarts == 0
+
+
+def test_stage_zero_evaluation_survives_a_dead_server_too(monkeypatch):
+    """Found when the end-to-end test ran starved of CPU: the engine died during stage 0's
+    evaluation and the run stopped, where a stage would have restarted it."""
+    calls = []
+
+    def evaluate():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RequestFailed("guard harm-012-guard: APIConnectionError: Connection error.")
+        return {"instruction_following": 0.4}
+    server = FakeServer(healthy=False)
+    assert bootstrap.surviving_faults(ctx_with(server), "stage0", evaluate) == {"instruction_following": 0.4}
+    assert server.restarts == 1 and len(calls) == 2
