@@ -35,7 +35,7 @@ class Records:
         if len(good) != len(raw):  # a kill cut the last line: drop it
             with open(self.path, "r+b") as f:
                 f.truncate(len(good))
-        for line in good.decode().splitlines():
+        for line in good.decode().split("\n"):  # not splitlines(): answers may hold U+2028 or U+0085, which json.dumps leaves raw
             if line.strip():
                 rec = json.loads(line)
                 self.by_id[rec["id"]] = rec
@@ -148,7 +148,7 @@ def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def derive(original: Run, folder: Path, manifest: dict, stage: int, reuse: list[str]) -> Run:

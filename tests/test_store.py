@@ -53,3 +53,16 @@ def test_verify_finds_changed_missing_and_unrecorded_files(tmp_path):
     assert problems[0] == "stage1/adapter/weights: missing" and problems[1].startswith("stage1/pairs.jsonl: changed")
     assert problems[2:] == ["stage1/stray.txt: not in the manifest"]
     assert bootstrap.main(["verify", "--run", str(run.root)]) == 1
+
+
+def test_records_keep_answers_holding_unicode_line_separators(tmp_path):
+    """Found at stage 6 of the cpu-full run: an answer held U+2028, which json.dumps leaves raw
+    and str.splitlines() splits on, so the resumed step could not read its own records."""
+    from cai.store import Records, read_jsonl
+
+    path = tmp_path / "responses.jsonl"
+    rows = Records(path)
+    rows.append({"id": "a", "text": "one\u2028two\x85three"})
+    rows.append({"id": "b", "text": "plain"})
+    assert Records(path).get("a")["text"] == "one\u2028two\x85three" and len(Records(path)) == 2
+    assert [r["id"] for r in read_jsonl(path)] == ["a", "b"]
