@@ -58,7 +58,7 @@ from cai.config import (
 from cai.evaluate import (
     QUALITY_ON, TASK_OF, extra_task_scores, proportion, quality_scores, run_lm_eval, score_suites, suite_samples, win_rate,
 )
-from cai.gate import failures as gate_failures
+from cai.gate import failures as gate_failures, paired_differences
 from cai.lm import Endpoint, Job, RequestFailed, program_call, request_seed, run_jobs
 from cai.optimize import compile_program, render
 from cai.optimize import load as load_compiled
@@ -524,7 +524,8 @@ def gate(ctx: Context, st: StageConfig, reference: str) -> dict:
     for name in dict.fromkeys([reference, BASE_NAME]):
         m = 0 if name == BASE_NAME else int(name.removeprefix("stage"))
         against = json.loads((ctx.run.stage_dir(m) / "eval.json").read_text())
-        more_failed, more_missing = gate_failures(scores, against, st.gate)
+        paired = paired_differences(ctx.run, n, m, scores, against, st.gate)
+        more_failed, more_missing = gate_failures(scores, against, st.gate, paired)
         failed += [f"{f} (against {name})" for f in more_failed]
         missing += [x for x in more_missing if x not in missing]
     ctx.run.stage(n).update(promoted=not failed, gate={"against": reference, "failed": failed, "not_measured": missing})

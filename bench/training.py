@@ -1,18 +1,32 @@
 """Our training step against plain TRL DPOTrainer defaults, on the same pairs and model, in one run.
 
     python bench/training.py --run runs/full [--profile quick] [--stage 1] [--repeat 2] [--pairs 16]
+    python bench/training.py --run runs/full --profile gpu --random-layers 16 --pairs 512   # on a GPU: bench/gpu_check.sh
 
 Ours: `cai.train.train_adapter` with the profile's training settings. Plain: TRL's
 `DPOTrainer` with `DPOConfig`'s defaults, given only what it needs to run here (the
 output folder, the same LoRA, epochs and learning rate, no saving or logging), so the
 ratio measures our choices of batch size, precision, checkpointing and length, not a
 different amount of work. The pairs are a run's `pairs.jsonl` (every stage's by default).
-Prints each side's pairs/s and `training_ratio=X` last (ours over plain; > 1 is faster).
+
+`--random-layers N` trains a randomly initialised model of Qwen2.5's architecture with
+the shape a profile states (`--shape-of`, default `gpu`: Qwen2.5-32B's) cut to N decoder
+layers, since no weights can be downloaded where the GPU is; the tokenizer is the
+embedded model's (its ids fall inside Qwen's vocabulary, whose size the model keeps).
+Per token, each layer does the full model's work, so the rate is also projected to the
+full depth by the linear layers' (and head's) parameters: the `gpu.train_tokens_per_s`
+that `python bootstrap.py plan` prices from. On a GPU each side's peak memory is printed
+beside the memory plan's estimate for the same shape.
+
+Prints each side's tokens/s (prompt plus both answers, as trained) in the training loop
+and with loading and saving, and `training_ratio=X` last: ours over plain in the training
+loop's tokens/s (> 1 is faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import tempfile
@@ -23,14 +37,74 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cai.config import load_curriculum, resolve_stage  # noqa: E402
-from cai.model import resolve_model  # noqa: E402
+from cai.memory import GIB, ModelShape, shape_from_config, training  # noqa: E402
+from cai.model import EMBEDDED, resolve_model  # noqa: E402
 from cai.store import read_jsonl  # noqa: E402
 from cai.train import fitting_pairs, train_adapter  # noqa: E402
 
 
-def plain_trl(model_name: str, pairs: list[dict], settings, seed: int) -> float:
-    """Seconds TRL's DPOTrainer takes with its defaults on `pairs` (a fresh LoRA on the base), loading
-    included, as ours includes it."""
+def random_qwen2(shape: ModelShape, layers: int, tokenizer_dir: str, dest: Path) -> Path:
+    """A randomly initialised Qwen2 model of `shape` at `layers` decoder layers, in bf16, saved with
+    the tokenizer of `tokenizer_dir` (built on the GPU where there is one: seconds, not minutes)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = Qwen2Config(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate, num_hidden_layers=layers,
+        num_attention_heads=shape.hidden // shape.head_dim, num_key_value_heads=shape.kv_heads,
+        tie_word_embeddings=shape.tied_embeddings, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        dtype="bfloat16",
+    )
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    del model
+    return dest
+
+
+def compute_params(shape: ModelShape) -> float:
+    """Parameters that cost work per token: the linear layers and the head (not the embedding lookup)."""
+    return shape.linear_params + shape.vocab * shape.hidden
+
+
+def pair_tokens(pairs: list[dict], tokenizer) -> int:
+    """Tokens trained per pass over `pairs`: the prompt with each answer, as the chat template writes them."""
+    def length(messages):
+        ids = tokenizer.apply_chat_template(messages, tokenize=True)
+        return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
+
+    return sum(length(p["prompt"] + p["chosen"]) + length(p["prompt"] + p["rejected"]) for p in pairs)
+
+
+def peak_gib() -> float | None:
+    """The GPU's peak allocation since the last reset (None on the CPU); frees what the last side left and resets it."""
+    import gc
+
+    import torch
+
+    gc.collect()
+
+    if not torch.cuda.is_available():
+        return None
+    peak = torch.cuda.max_memory_allocated() / GIB
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def plain_trl(model_name: str, pairs: list[dict], settings, seed: int) -> tuple[float, float]:
+    """TRL's DPOTrainer with its defaults on `pairs` (a fresh LoRA on the base): seconds in all
+    (loading included, as ours includes it) and seconds of the training loop."""
     start = time.perf_counter()
     import torch
     from datasets import Dataset
@@ -46,10 +120,20 @@ def plain_trl(model_name: str, pairs: list[dict], settings, seed: int) -> float:
                      save_strategy="no", report_to=[], seed=seed, use_cpu=not torch.cuda.is_available())
     peft = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer, peft_config=peft)
-    trainer.train()
-    seconds = time.perf_counter() - start
+    loop = trainer.train().metrics["train_runtime"]
     shutil.rmtree(work, ignore_errors=True)
-    return seconds
+    return time.perf_counter() - start, loop
+
+
+def ours(model_name: str, pairs: list[dict], settings, seed: int, out: Path) -> tuple[float, float]:
+    """`train_adapter` as a stage calls it: seconds in all (loading and saving included) and of the training loop."""
+    start = time.perf_counter()
+    stats = train_adapter(model_name, None, pairs, out, settings, seed)
+    seconds = time.perf_counter() - start
+    if "diverged" in stats:
+        sys.exit(f"ours: training diverged ({stats['diverged']}): no rate to compare")
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds, stats["train_seconds"]
 
 
 def main() -> None:
@@ -58,32 +142,67 @@ def main() -> None:
     p.add_argument("--profile", default="quick", help="whose training settings are ours")
     p.add_argument("--stage", type=int, default=1, help="whose training settings (stages may override them)")
     p.add_argument("--repeat", type=int, default=1, help="alternate the two this many times; the best time of each counts")
-    p.add_argument("--pairs", type=int, help="train on the first N pairs only (plain TRL's defaults take minutes a step on a CPU)")
+    p.add_argument("--pairs", type=int, help="train on N pairs: the first N, or the run's pairs repeated up to N "
+                   "(plain TRL's defaults take minutes a step on a CPU; a GPU trains a run's pairs in seconds)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-layers", type=int, metavar="N",
+                   help="train a random Qwen2 model of the profile's gpu.model_shape at N layers (see above)")
+    p.add_argument("--shape-of", default="gpu", help="with --random-layers: the profile whose gpu.model_shape to build")
+    p.add_argument("--tokenizer", help="with --random-layers: whose tokenizer (default: the embedded model's)")
     args = p.parse_args()
     curriculum, _ = load_curriculum(ROOT / "curriculum.yaml")
     profile = curriculum.profiles[args.profile]
     settings = resolve_stage(curriculum, profile, args.stage).train
-    model = resolve_model(profile.model, ROOT / "models")
+    import torch
     from transformers import AutoTokenizer
 
+    scratch = Path(tempfile.mkdtemp(prefix="cai-bench-"))
+    full_shape = None
+    if args.random_layers:
+        stated = curriculum.profiles[args.shape_of].gpu
+        if stated is None or stated.model_shape is None:
+            sys.exit(f"--random-layers: profile {args.shape_of} states no gpu.model_shape")
+        full_shape = ModelShape(**stated.model_shape.model_dump())
+        tokenizer_dir = args.tokenizer or resolve_model(EMBEDDED, ROOT / "models")
+        model = str(random_qwen2(full_shape, args.random_layers, tokenizer_dir, scratch / "model"))
+    else:
+        model = resolve_model(profile.model, ROOT / "models")
+    tokenizer = AutoTokenizer.from_pretrained(model)
     pairs = [p for path in sorted(args.run.glob("stage*/pairs.jsonl")) for p in read_jsonl(path)]
-    pairs = fitting_pairs(pairs, AutoTokenizer.from_pretrained(model), settings.max_length)[:args.pairs]  # the same rows for both
+    pairs = fitting_pairs(pairs, tokenizer, settings.max_length)  # the same rows for both
     if not pairs:
         sys.exit(f"{args.run}: no pairs.jsonl with pairs that fit max_length={settings.max_length}")
+    if args.pairs:
+        pairs = (pairs * math.ceil(args.pairs / len(pairs)))[:args.pairs]
     trained = len(pairs) * settings.epochs
-    print(f"{len(pairs)} pairs, {settings.epochs} epoch(s), model {model}", flush=True)
-    ours, plain = [], []
+    tokens = round(pair_tokens(pairs, tokenizer) * settings.epochs)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"{len(pairs)} pairs ({tokens:,} tokens), {settings.epochs} epoch(s), model {model}, device {device}", flush=True)
+    times = {"ours": [], "plain TRL defaults": []}  # (seconds in all, seconds of the training loop) per repeat
+    peaks = {}
+    peak_gib()
     for _ in range(args.repeat):
-        out = Path(tempfile.mkdtemp(prefix="cai-bench-ours-")) / "adapter"
-        start = time.perf_counter()
-        train_adapter(model, None, pairs, out, settings, args.seed)
-        ours.append(time.perf_counter() - start)
-        shutil.rmtree(out.parent, ignore_errors=True)
-        plain.append(plain_trl(model, pairs, settings, args.seed))
-        print(f"ours {ours[-1]:.1f} s, plain TRL {plain[-1]:.1f} s", flush=True)
-    print(f"ours: {trained / min(ours):.3f} pairs/s  plain TRL defaults: {trained / min(plain):.3f} pairs/s")
-    print(f"training_ratio={min(plain) / min(ours):.3f}")
+        times["ours"].append(ours(model, pairs, settings, args.seed, scratch / "adapter"))
+        peaks["ours"] = peak_gib()
+        times["plain TRL defaults"].append(plain_trl(model, pairs, settings, args.seed))
+        peaks["plain TRL defaults"] = peak_gib()
+        print(", ".join(f"{side} {t[-1][0]:.1f} s ({t[-1][1]:.1f} s training)" for side, t in times.items()), flush=True)
+    loop = {side: min(t[1] for t in runs) for side, runs in times.items()}
+    for side, runs in times.items():
+        wall = min(t[0] for t in runs)
+        print(f"{side}: {tokens / loop[side]:,.0f} tokens/s, {trained / loop[side]:.3f} pairs/s in the training loop; "
+              f"{tokens / wall:,.0f} tokens/s with loading and saving")
+    if peaks["ours"] is not None:
+        estimate = training(shape_from_config(Path(model)), settings.quantization, 0, settings.batch_size, settings.max_length,
+                            settings.lora_r, settings.gradient_checkpointing)
+        print(f"peak GPU memory: ours {peaks['ours']:.1f} GiB (the memory plan's estimate, every sequence at max_length: "
+              f"{estimate.total:.1f} GiB), plain TRL defaults {peaks['plain TRL defaults']:.1f} GiB")
+    if full_shape is not None:
+        share = compute_params(shape_from_config(Path(model))) / compute_params(full_shape)
+        print(f"ours projected to the full {full_shape.layers} layers ({full_shape.params_b}B): "
+              f"{tokens / loop['ours'] * share:,.0f} tokens/s (gpu.train_tokens_per_s)")
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"training_ratio={loop['plain TRL defaults'] / loop['ours']:.3f}")
 
 
 if __name__ == "__main__":

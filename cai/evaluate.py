@@ -28,6 +28,9 @@ import logging
 import math
 from pathlib import Path
 
+from cai.quality import OFF_TOPIC_BELOW
+from cai.store import Run, read_jsonl
+
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 TASK_OF = {
     "instruction_following": "cai_instruction_following",
@@ -78,6 +81,42 @@ def quality_scores(found: list[dict], off_topic_below: float) -> dict:
         "length_words": mean_interval([q["words"] for q in found]),
         "boilerplate": proportion(sum(q["boilerplate"] or q["empty"] for q in found), n),
     }
+
+
+# Each score as a value per held-out item, from a stage's eval/*.jsonl: (file, the item's value).
+PER_ITEM = {
+    "instruction_following": (("instruction_following",), lambda r: float(r["metrics"]["prompt_level_strict_acc"])),
+    "instruction_following_loose": (("instruction_following",), lambda r: float(r["metrics"]["prompt_level_loose_acc"])),
+    "harmlessness_refusal": (("harmlessness",), lambda r: r["metrics"]["refusal"]),
+    "over_refusal": (("over_refusal",), lambda r: r["metrics"]["refusal"]),
+    "relevance": (QUALITY_ON, lambda r: r["quality"]["relevance"]),
+    "off_topic": (QUALITY_ON, lambda r: float(r["quality"]["relevance"] < OFF_TOPIC_BELOW)),
+    "repetition": (QUALITY_ON, lambda r: r["quality"]["repetition"]),
+    "length_words": (QUALITY_ON, lambda r: float(r["quality"]["words"])),
+    "boilerplate": (QUALITY_ON, lambda r: float(r["quality"]["boilerplate"] or r["quality"]["empty"])),
+}
+
+
+def per_item(run: Run, n: int, name: str) -> dict[str, float]:
+    """The score `name` of stage n item by item (id: value); empty where its records are missing."""
+    files, value = PER_ITEM[name]
+    try:
+        return {f"{f}/{r['id']}": value(r) for f in files for r in read_jsonl(run.stage_dir(n) / "eval" / f"{f}.jsonl")}
+    except (OSError, KeyError, TypeError, ValueError):  # missing or unreadable: the unpaired interval serves
+        return {}
+
+
+def difference(name: str, now: tuple[Run, int], then: tuple[Run, int], scores: tuple[dict, dict]) -> tuple[dict, str]:
+    """The score of stage `now` minus that of stage `then` (each a run and a stage), with a 95%
+    interval: paired over the items both answered where their records are at hand (the suites
+    are the same items at every stage), else from the two intervals as if independent (wider)."""
+    a, b = (per_item(*now, name), per_item(*then, name)) if name in PER_ITEM else ({}, {})
+    if shared := sorted(set(a) & set(b)):
+        return mean_interval([a[k] - b[k] for k in shared]), "paired"
+    now_s, then_s = scores
+    half = 1.96 * (((now_s["high"] - now_s["low"]) / 3.92) ** 2 + ((then_s["high"] - then_s["low"]) / 3.92) ** 2) ** 0.5
+    d = now_s["score"] - then_s["score"]
+    return {"score": d, "low": d - half, "high": d + half, "n": min(now_s["n"], then_s["n"])}, "unpaired"
 
 
 def run_lm_eval(api_base: str, api_key: str, served: str, tasks: list[str], limit: int | None, max_tokens: int,

@@ -130,3 +130,35 @@ def test_small_drops_that_each_pass_cannot_add_up_past_the_base(ctx):
     write_json_atomic(ctx.run.stage_dir(3) / "eval.json", {"instruction_following": score(0.34)})  # -0.08 again
     assert bootstrap.gate(ctx, st, "stage2")["promoted"] is False
     assert ctx.run.stage(3)["gate"]["failed"] == ["instruction_following fell from 0.500 to 0.340 (allowed: drop of 0.1) (against stage0)"]
+
+
+def write_relevance(run, n, values):
+    """A stage's per-item answers on the quality suites' items, as evaluate records them."""
+    for suite in ("instruction_following", "helpfulness"):
+        rows = [{"id": i, "quality": {"relevance": v, "repetition": 0.0, "words": 50, "boilerplate": False, "empty": False}}
+                for i, v in enumerate(values)]
+        folder = run.stage_dir(n) / "eval"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{suite}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_with_the_items_on_record_the_gate_reads_relevance_paired_item_by_item(ctx):
+    """A drop every item shares is real though small; a drop some items gain back is noise."""
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    st = resolve_stage(cur, cur.profiles["quick"], 2)
+    before = [0.5 + 0.01 * (i % 20) for i in range(40)]  # 0.595 on average, its interval about +/-0.02
+    reference = {"relevance": {"score": 0.595, "low": 0.577, "high": 0.613, "n": 80}}
+    for n in (0, 1):
+        write_json_atomic(ctx.run.stage_dir(n) / "eval.json", reference)
+        write_relevance(ctx.run, n, before)
+    # every item 0.01 lower: inside the reference's interval, but the paired interval is all below zero
+    write_json_atomic(ctx.run.stage_dir(2) / "eval.json", {"relevance": {"score": 0.585, "low": 0.567, "high": 0.603, "n": 80}})
+    write_relevance(ctx.run, 2, [v - 0.01 for v in before])
+    assert bootstrap.gate(ctx, st, "stage1")["promoted"] is False
+    assert ctx.run.stage(2)["gate"]["failed"][0] == (
+        "relevance fell from 0.595 to 0.585 (allowed: no drop beyond noise; paired difference -0.010 [-0.010, -0.010] "
+        "over 80 items) (against stage1)")
+    # 0.03 lower on average, below the reference's interval, but half the items rose: the paired interval holds zero
+    write_json_atomic(ctx.run.stage_dir(3) / "eval.json", {"relevance": {"score": 0.565, "low": 0.52, "high": 0.61, "n": 80}})
+    write_relevance(ctx.run, 3, [v + (0.24 if i % 2 else -0.30) for i, v in enumerate(before)])
+    assert bootstrap.gate(ctx, resolve_stage(cur, cur.profiles["quick"], 3), "stage1")["promoted"] is True

@@ -38,3 +38,27 @@ def test_a_runaway_loss_stops_training_and_saves_no_adapter(tmp_path):
                           TrainSettings(batch_size=1, max_length=128, max_loss=0.01), seed=0)
     assert stats["diverged"].startswith("loss 0.69") and stats["steps"] == 1
     assert not (tmp_path / "adapter").exists()
+
+
+def test_a_random_model_of_qwen25s_architecture_trains_and_its_shape_reads_back(tmp_path):
+    """bench/training.py's stand-in for Qwen2.5 where no weights can be had: our training runs on
+    its architecture, and the memory plan reads the shape it was built with."""
+    import importlib.util
+
+    from cai.memory import ModelShape, shape_from_config
+
+    spec = importlib.util.spec_from_file_location("bench_training", ROOT / "bench" / "training.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shape = ModelShape(params_b=1.0, layers=24, hidden=64, kv_heads=2, head_dim=16, vocab=50000, intermediate=128)
+    model = bench.random_qwen2(shape, 2, resolve_model(EMBEDDED, ROOT / "models"), tmp_path / "model")
+    built = shape_from_config(model)
+    assert (built.layers, built.hidden, built.kv_heads, built.head_dim, built.vocab, built.intermediate) == (2, 64, 2, 16, 50000, 128)
+    assert 0 < bench.compute_params(built) < bench.compute_params(shape)
+    from transformers import AutoTokenizer
+
+    pairs = [pair(i) for i in range(2)]
+    assert bench.pair_tokens(pairs, AutoTokenizer.from_pretrained(model)) > 4 * len(pairs)
+    stats = train_adapter(str(model), None, pairs, tmp_path / "adapter", TrainSettings(batch_size=2, max_length=128), seed=0)
+    assert stats["steps"] == 1 and stats["trainable_params"] > 0
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
