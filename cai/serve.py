@@ -226,6 +226,8 @@ class VLLMServer:
         r = requests.post(self.base_url + "/wake_up", headers=self.headers(), timeout=600)
         if r.status_code != 200:
             raise ServerError(f"serve: wake_up failed ({r.status_code}): {r.text[:300]}")
+        if "sleeping" in r.text:  # vLLM 0.32 answers 200 with status "sleeping" when part of the engine stayed asleep
+            raise ServerError(f"serve: wake_up left the engine partly asleep: {r.text[:300]}")
         adapters, self.adapters = dict(self.adapters), {}
         for name, path in adapters.items():
             requests.post(self.api_base + "/unload_lora_adapter", headers=self.headers(), timeout=120, json={"lora_name": name})
