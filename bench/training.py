@@ -40,7 +40,7 @@ from cai.config import load_curriculum, resolve_stage  # noqa: E402
 from cai.memory import GIB, ModelShape, shape_from_config, training  # noqa: E402
 from cai.model import EMBEDDED, resolve_model  # noqa: E402
 from cai.store import read_jsonl  # noqa: E402
-from cai.train import fitting_pairs, train_adapter  # noqa: E402
+from cai.train import chat_length, fitting_pairs, train_adapter  # noqa: E402
 
 
 def random_qwen2(shape: ModelShape, layers: int, tokenizer_dir: str, dest: Path) -> Path:
@@ -79,11 +79,7 @@ def compute_params(shape: ModelShape) -> float:
 
 def pair_tokens(pairs: list[dict], tokenizer) -> int:
     """Tokens trained per pass over `pairs`: the prompt with each answer, as the chat template writes them."""
-    def length(messages):
-        ids = tokenizer.apply_chat_template(messages, tokenize=True)
-        return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids)
-
-    return sum(length(p["prompt"] + p["chosen"]) + length(p["prompt"] + p["rejected"]) for p in pairs)
+    return sum(chat_length(tokenizer, p["prompt"] + p["chosen"]) + chat_length(tokenizer, p["prompt"] + p["rejected"]) for p in pairs)
 
 
 def peak_gib() -> float | None:

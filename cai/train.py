@@ -206,12 +206,15 @@ def fitting_pairs(pairs: list[dict], tokenizer, max_length: int) -> list[dict]:
         if not p["chosen"][0]["content"].strip() or not p["rejected"][0]["content"].strip():
             continue
         longest = max((p["chosen"], p["rejected"]), key=lambda side: len(side[0]["content"]))
-        ids = tokenizer.apply_chat_template(p["prompt"] + longest, tokenize=True)
-        if hasattr(ids, "input_ids") or isinstance(ids, dict):
-            ids = ids["input_ids"]
-        if len(ids) <= max_length:
+        if chat_length(tokenizer, p["prompt"] + longest) <= max_length:
             rows.append({"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]})
     return rows
+
+
+def chat_length(tokenizer, messages: list[dict]) -> int:
+    """Tokens of `messages` as the chat template writes them (what TRL trains on)."""
+    ids = tokenizer.apply_chat_template(messages, tokenize=True)
+    return len(ids["input_ids"] if hasattr(ids, "input_ids") or isinstance(ids, dict) else ids)
 
 
 def init_adapter(base_model: str, out_dir: Path, settings: TrainSettings) -> Path:
