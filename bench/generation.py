@@ -33,7 +33,7 @@ from cai.store import Records  # noqa: E402
 from programs.respond import Respond, Responder  # noqa: E402
 
 
-def raw(server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency: int, tag: str) -> tuple[int, float]:
+def raw(server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency: int, tag: str) -> tuple[int, float, float]:
     system = Respond.instructions
 
     def one(i: int) -> int:
@@ -51,7 +51,7 @@ def raw(server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency:
     return tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
-def ours(server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency: int, tag: str) -> tuple[int, float]:
+def ours(server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency: int, tag: str) -> tuple[int, float, float]:
     endpoint = Endpoint(server.api_base, server.api_key, BASE_NAME)
     jobs = [Job(f"{tag}{i}", {"request": p}) for i, p in enumerate(prompts)]
     with tempfile.TemporaryDirectory() as tmp:

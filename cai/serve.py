@@ -226,7 +226,7 @@ class VLLMServer:
         r = requests.post(self.base_url + "/wake_up", headers=self.headers(), timeout=600)
         if r.status_code != 200:
             raise ServerError(f"serve: wake_up failed ({r.status_code}): {r.text[:300]}")
-        if "sleeping" in r.text:  # vLLM 0.32 answers 200 with status "sleeping" when part of the engine stayed asleep
+        if r.content and r.json().get("status") == "sleeping":  # vLLM 0.32: 200, yet part of the engine stayed asleep
             raise ServerError(f"serve: wake_up left the engine partly asleep: {r.text[:300]}")
         adapters, self.adapters = dict(self.adapters), {}
         for name, path in adapters.items():
