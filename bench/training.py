@@ -1,6 +1,6 @@
 """Our training step against plain TRL DPOTrainer defaults, on the same pairs and model, in one run.
 
-    python bench/training.py --run runs/full [--profile quick] [--stage 1] [--repeat 2] [--pairs 16]
+    python bench/training.py --run runs/full [--profile quick] [--stage 1] [--repeat 2] [--pairs 16] [--curriculum FILE]
     python bench/training.py --run runs/full --profile gpu --random-layers 16 --pairs 512   # on a GPU: bench/gpu_check.sh
 
 Ours: `cai.train.train_adapter` with the profile's training settings. Plain: TRL's
@@ -135,6 +135,7 @@ def ours(model_name: str, pairs: list[dict], settings, seed: int, out: Path) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a run folder whose pairs.jsonl files to train on")
+    p.add_argument("--curriculum", type=Path, default=ROOT / "curriculum.yaml", help="whose profiles (default: the project's)")
     p.add_argument("--profile", default="quick", help="whose training settings are ours")
     p.add_argument("--stage", type=int, default=1, help="whose training settings (stages may override them)")
     p.add_argument("--repeat", type=int, default=1, help="alternate the two this many times; the best time of each counts")
@@ -146,7 +147,7 @@ def main() -> None:
     p.add_argument("--shape-of", default="gpu", help="with --random-layers: the profile whose gpu.model_shape to build")
     p.add_argument("--tokenizer", help="with --random-layers: whose tokenizer (default: the embedded model's)")
     args = p.parse_args()
-    curriculum, _ = load_curriculum(ROOT / "curriculum.yaml")
+    curriculum, _ = load_curriculum(args.curriculum)
     profile = curriculum.profiles[args.profile]
     settings = resolve_stage(curriculum, profile, args.stage).train
     import torch

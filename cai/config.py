@@ -98,7 +98,7 @@ class TrainSettings(Strict):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     bf16: bool = False  # float32 on the CPU: bf16 learned less per epoch (PITFALLS.md)
     gradient_checkpointing: bool = False  # recompute activations: memory for time; the GPU profile's 32B needs it, a 135M model does not
-    quantization: Literal["none", "nf4"] = "none"  # nf4: QLoRA, the base in bitsandbytes 4-bit NF4 (GPU only)
+    quantization: Literal["none", "nf4"] = "none"  # nf4: QLoRA, the base in bitsandbytes 4-bit NF4 (for the GPU; runs, slowly, on the CPU)
     backend: Literal["trl", "unsloth"] = "trl"  # unsloth: its FastLanguageModel under TRL's trainer (GPU only, pip install -e .[unsloth])
     min_pairs: int = Field(1, ge=1)  # with fewer pairs than this the stage is not trained: the policy stays
     max_loss: float = Field(10.0, gt=0)  # a loss above this (or NaN) stops training: the stage keeps the previous adapter

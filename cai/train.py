@@ -4,9 +4,9 @@ Stage 1 starts a fresh adapter on the base model (reference = the base). Later
 stages continue the previous stage's adapter, loaded trainable; with no `ref_model`,
 TRL copies it into a frozen "ref" adapter, so the reference is the previous policy.
 
-On a GPU the base can be loaded in bitsandbytes 4-bit NF4 (QLoRA, `train.quantization:
-nf4`), and Unsloth's FastLanguageModel can load it (`train.backend: unsloth`); TRL's
-trainer runs either way.
+The base can be loaded in bitsandbytes 4-bit NF4 (QLoRA, `train.quantization: nf4`: for
+the GPU, though bitsandbytes' CPU backend runs it too), and on a GPU Unsloth's
+FastLanguageModel can load it (`train.backend: unsloth`); TRL's trainer runs either way.
 """
 
 from __future__ import annotations
@@ -60,9 +60,8 @@ def train_adapter(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
-    if (settings.quantization != "none" or settings.backend != "trl") and not torch.cuda.is_available():
-        raise TrainingError(f"train: quantization {settings.quantization!r} / backend {settings.backend!r} need a CUDA GPU; "
-                            f"on the CPU use train.quantization: none and train.backend: trl")
+    if settings.backend != "trl" and not torch.cuda.is_available():
+        raise TrainingError(f"train: backend {settings.backend!r} needs a CUDA GPU; on the CPU use train.backend: trl")
     dtype = torch.bfloat16 if settings.bf16 else torch.float32
     peft_config = None
     if settings.backend == "unsloth":
@@ -154,15 +153,21 @@ def train_adapter(
 
 
 def quantized_loading(settings: TrainSettings) -> dict:
-    """`from_pretrained` arguments for QLoRA: linear layers in bitsandbytes NF4, computing in bf16."""
+    """`from_pretrained` arguments for QLoRA: linear layers in bitsandbytes NF4, computing in bf16.
+    On the GPU; bitsandbytes' CPU backend runs the same path without one (slowly), which is how
+    the tests check it."""
     if settings.quantization != "nf4":
         return {}
+    import importlib.util
+
     import torch
     from transformers import BitsAndBytesConfig
 
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainingError("train: quantization 'nf4' needs bitsandbytes (pip install -e .[gpu]), which is not installed")
     return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                                       bnb_4bit_compute_dtype=torch.bfloat16),
-            "device_map": {"": 0}}
+            "device_map": {"": 0 if torch.cuda.is_available() else "cpu"}}
 
 
 def prepare_for_qlora(model, gradient_checkpointing: bool):

@@ -62,3 +62,30 @@ def test_a_random_model_of_qwen25s_architecture_trains_and_its_shape_reads_back(
     stats = train_adapter(str(model), None, pairs, tmp_path / "adapter", TrainSettings(batch_size=2, max_length=128), seed=0)
     assert stats["steps"] == 1 and stats["trainable_params"] > 0
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
+
+
+def test_qlora_loads_the_base_in_nf4_with_checkpointing_and_trains(tmp_path):
+    """The GPU profile's training path (NF4 base, PEFT's k-bit preparation, gradient checkpointing,
+    LoRA on top), run through bitsandbytes' CPU backend on a small random Qwen2."""
+    import importlib.util
+
+    import pytest
+    from transformers import AutoModelForCausalLM
+
+    from cai.memory import ModelShape
+    from cai.train import prepare_for_qlora, quantized_loading
+
+    pytest.importorskip("bitsandbytes")
+    spec = importlib.util.spec_from_file_location("bench_training", ROOT / "bench" / "training.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shape = ModelShape(params_b=1.0, layers=2, hidden=128, kv_heads=2, head_dim=32, vocab=50000, intermediate=256)
+    model = bench.random_qwen2(shape, 2, resolve_model(EMBEDDED, ROOT / "models"), tmp_path / "model")
+    settings = TrainSettings(quantization="nf4", bf16=True, gradient_checkpointing=True, batch_size=2, max_length=128)
+    loaded = prepare_for_qlora(AutoModelForCausalLM.from_pretrained(model, **quantized_loading(settings)), True)
+    assert type(loaded.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+    assert loaded.is_gradient_checkpointing
+    del loaded
+    stats = train_adapter(str(model), None, [pair(i) for i in range(2)], tmp_path / "adapter", settings, seed=0)
+    assert stats["steps"] == 1 and stats["trainable_params"] > 0 and "diverged" not in stats
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
