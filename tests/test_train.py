@@ -9,6 +9,16 @@ from cai.train import fitting_pairs, train_adapter
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def training_bench():
+    """bench/training.py as a module: its random Qwen2 model stands in for Qwen2.5's weights."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_training", ROOT / "bench" / "training.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def pair(i, chosen="Blue is calm", rejected="Blue, green, and red"):
     return {"prompt": [{"role": "user", "content": f"Name a colour ({i}). Use no commas."}],
             "chosen": [{"role": "assistant", "content": chosen}], "rejected": [{"role": "assistant", "content": rejected}]}
@@ -43,13 +53,9 @@ def test_a_runaway_loss_stops_training_and_saves_no_adapter(tmp_path):
 def test_a_random_model_of_qwen25s_architecture_trains_and_its_shape_reads_back(tmp_path):
     """bench/training.py's stand-in for Qwen2.5 where no weights can be had: our training runs on
     its architecture, and the memory plan reads the shape it was built with."""
-    import importlib.util
-
     from cai.memory import ModelShape, shape_from_config
 
-    spec = importlib.util.spec_from_file_location("bench_training", ROOT / "bench" / "training.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = training_bench()
     shape = ModelShape(params_b=1.0, layers=24, hidden=64, kv_heads=2, head_dim=16, vocab=50000, intermediate=128)
     model = bench.random_qwen2(shape, 2, resolve_model(EMBEDDED, ROOT / "models"), tmp_path / "model")
     built = shape_from_config(model)
@@ -67,8 +73,6 @@ def test_a_random_model_of_qwen25s_architecture_trains_and_its_shape_reads_back(
 def test_qlora_loads_the_base_in_nf4_with_checkpointing_and_trains(tmp_path):
     """The GPU profile's training path (NF4 base, PEFT's k-bit preparation, gradient checkpointing,
     LoRA on top), run through bitsandbytes' CPU backend on a small random Qwen2."""
-    import importlib.util
-
     import pytest
     from transformers import AutoModelForCausalLM
 
@@ -76,9 +80,7 @@ def test_qlora_loads_the_base_in_nf4_with_checkpointing_and_trains(tmp_path):
     from cai.train import prepare_for_qlora, quantized_loading
 
     pytest.importorskip("bitsandbytes")
-    spec = importlib.util.spec_from_file_location("bench_training", ROOT / "bench" / "training.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = training_bench()
     shape = ModelShape(params_b=1.0, layers=2, hidden=128, kv_heads=2, head_dim=32, vocab=50000, intermediate=256)
     model = bench.random_qwen2(shape, 2, resolve_model(EMBEDDED, ROOT / "models"), tmp_path / "model")
     settings = TrainSettings(quantization="nf4", bf16=True, gradient_checkpointing=True, batch_size=2, max_length=128)
