@@ -72,14 +72,13 @@ def test_a_random_model_of_qwen25s_architecture_trains_and_its_shape_reads_back(
 
 def test_qlora_loads_the_base_in_nf4_with_checkpointing_and_trains(tmp_path):
     """The GPU profile's training path (NF4 base, PEFT's k-bit preparation, gradient checkpointing,
-    LoRA on top), run through bitsandbytes' CPU backend on a small random Qwen2."""
-    import pytest
+    LoRA on top), run through bitsandbytes' CPU backend on a small random Qwen2 (bitsandbytes is
+    in the test extra: missing, this fails rather than skips)."""
     from transformers import AutoModelForCausalLM
 
     from cai.memory import ModelShape
     from cai.train import prepare_for_qlora, quantized_loading
 
-    pytest.importorskip("bitsandbytes")
     bench = training_bench()
     shape = ModelShape(params_b=1.0, layers=2, hidden=128, kv_heads=2, head_dim=32, vocab=50000, intermediate=256)
     model = bench.random_qwen2(shape, 2, resolve_model(EMBEDDED, ROOT / "models"), tmp_path / "model")
@@ -91,3 +90,15 @@ def test_qlora_loads_the_base_in_nf4_with_checkpointing_and_trains(tmp_path):
     stats = train_adapter(str(model), None, [pair(i) for i in range(2)], tmp_path / "adapter", settings, seed=0)
     assert stats["steps"] == 1 and stats["trainable_params"] > 0 and "diverged" not in stats
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
+
+
+def test_qlora_without_bitsandbytes_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from cai.train import TrainingError, quantized_loading
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else object())
+    with pytest.raises(TrainingError, match=r"quantization 'nf4' needs bitsandbytes"):
+        quantized_loading(TrainSettings(quantization="nf4"))
