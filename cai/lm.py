@@ -10,7 +10,9 @@ answers (PITFALLS.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,7 +20,12 @@ from typing import Callable
 import dspy
 from dspy.utils.exceptions import AdapterParseError, LMInvalidRequestError
 
+# A reply cut at `max_tokens` is expected (the profiles cap answers on purpose) and its tokens are
+# counted in the record; DSPy's warning for each one would bury the progress lines.
+logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
+
 from cai.config import Sampling
+from cai.progress import StepProgress
 from cai.store import Records
 from programs.adapter import PlainAdapter
 
@@ -33,9 +40,14 @@ class Endpoint:
 
     api_base: str
     api_key: str
-    model: str  # served name: stage0 (base) or stageN (adapter)
+    model: str  # the name requests are sent to: stage0, stageN (an adapter), or the merged server's one name
     adapter: str = "plain"
     timeout_s: float = 300.0
+    label: str | None = None  # which policy answers (stage0, stageN), recorded; default: `model`
+
+    @property
+    def policy(self) -> str:
+        return self.label or self.model
 
     def lm(self, sampling: Sampling, seed: int) -> dspy.LM:
         return dspy.LM(
@@ -74,7 +86,7 @@ def program_call(make_program: Callable[[], dspy.Module], output: str, endpoint:
 
     def call(job: Job, seed: int) -> dict:
         lm = endpoint.lm(sampling, seed)
-        rec: dict = {"model": endpoint.model}
+        rec: dict = {"model": endpoint.policy}
         with dspy.context(lm=lm, adapter=adapter):
             try:
                 pred = make_program()(**job.inputs)
@@ -110,14 +122,20 @@ def run_jobs(
     concurrency: int,
     base_seed: int,
     program_version: str = "",
+    progress: str | None = None,
+    prime: int = 0,
 ) -> dict:
     """Run `call(job, seed)` for every job not yet in `out`; append one record each.
 
     `call` returns the record's fields: ok, the output or an `error` starting with
     "unparseable" or "rejected", tokens. Any exception means the server is down or
-    hung: RequestFailed. Returns counts and tokens for the manifest.
+    hung: RequestFailed. Returns counts and tokens for the manifest. `progress` names
+    the step in a progress line (cai/progress.py). `prime`: the first this many requests go
+    ahead, so that a prefix the jobs share (the guard's instructions, the proposer's demos) is
+    in vLLM's prefix cache before the rest arrive; sent together, each computes it again.
     """
     todo = [j for j in jobs if j.id not in out]
+    shown = StepProgress(progress, len(jobs), done=len(jobs) - len(todo)) if progress else contextlib.nullcontext()
 
     def one(job: Job) -> dict:
         seed = request_seed(base_seed, job.id)
@@ -131,9 +149,14 @@ def run_jobs(
 
     pool = ThreadPoolExecutor(max_workers=concurrency)
     try:
-        futures = [pool.submit(one, j) for j in todo]
-        for f in as_completed(futures):
-            out.append(f.result())
+        with shown:
+            waves = [todo[:prime], todo[prime:]] if prime else [todo]
+            for wave in waves:
+                for f in as_completed([pool.submit(one, j) for j in wave]):
+                    rec = f.result()
+                    out.append(rec)
+                    if progress:
+                        shown.advance(tokens=rec["tokens"]["completion"])
     finally:
         # On an error or a signal, drop the queued requests instead of running them all
         # first; in-flight ones end when the server is stopped on the way out.

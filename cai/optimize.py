@@ -5,15 +5,22 @@ Optimizers (curriculum.yaml `optimize.optimizer`): `bootstrap_fewshot` (the CPU
 default: demos from the program's own runs that pass the metric),
 `bootstrap_random_search`, `miprov2` (`auto="light"`), `gepa` (the current model as
 reflection LM), or `none`.
+
+A stage starts from the previous stage's compiled program where there is one (a warm
+start: its demos lead the traces, and it is kept where the new program scores lower),
+and measures the starting program on the dev set while the first traces run.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dspy
 from dspy.utils.callback import BaseCallback
+from dspy.utils.exceptions import AdapterParseError, LMInvalidRequestError
 
 from cai.config import OptimizeSettings
 
@@ -38,11 +45,79 @@ class CallCounter(BaseCallback):
         return total
 
 
+class ConcurrentBootstrapFewShot(dspy.BootstrapFewShot):
+    """DSPy's BootstrapFewShot with its traces run `wave` at a time instead of one by one (DSPy
+    notes it cannot use Evaluate there because it traces each example): with a few requests
+    in flight a CPU server idles. It stops once `max_bootstrapped_demos` traces passed the
+    metric, or when a whole wave passed none: the first traces then say that no demo will
+    pass (the 135M critique + revise, DESIGN.md), and the rest of the budget is not spent.
+    Demos are taken in trainset order, so they do not depend on which request returned first.
+
+    Our threads, each under the caller's DSPy context, not DSPy's ParallelExecutor: that one
+    clears tqdm's global list of bars on entry, which raced with a second optimization
+    running beside it (a KeyError in tqdm, seen here)."""
+
+    def __init__(self, *, metric, max_bootstrapped_demos: int, max_labeled_demos: int, num_threads: int, wave: int):
+        super().__init__(metric=metric, max_bootstrapped_demos=max_bootstrapped_demos, max_labeled_demos=max_labeled_demos,
+                         max_rounds=1)
+        self.num_threads, self.wave = num_threads, max(1, wave)
+        self.stopped, self.traced, self.passed = "trainset exhausted", 0, 0
+
+    def _bootstrap(self, *, max_bootstraps=None):
+        wanted = max_bootstraps or self.max_bootstrapped_demos
+        self.name2traces = {name: [] for name in self.name2predictor}
+        context = {k: dspy.settings.get(k) for k in ("lm", "adapter", "callbacks")}
+        passed = set()
+        for start in range(0, len(self.trainset), self.wave):
+            wave = list(enumerate(self.trainset))[start:start + self.wave]
+            with ThreadPoolExecutor(max_workers=max(1, min(self.num_threads, len(wave)))) as pool:
+                traced = list(pool.map(lambda item: self._trace(item[1], context), wave))
+            self.traced += len(wave)
+            for (index, _), traces in zip(wave, traced):
+                if traces is not None:
+                    passed.add(index)
+                    for name, demos in traces.items():
+                        self.name2traces[name].extend(demos)
+            if len(passed) >= wanted:
+                self.stopped = "enough demos"
+                break
+            if not any(traces is not None for traces in traced):
+                self.stopped = f"none of {len(wave)} traces passed"
+                break
+        self.passed = len(passed)
+        # Labeled demos fill the rest, from examples that carry every output (a seed task as the proposer's)
+        outputs = {name for _, p in self.student.named_predictors() for name in p.signature.output_fields}
+        self.validation = [x for i, x in enumerate(self.trainset) if i not in passed and outputs <= set(x.keys())]
+
+    def _trace(self, example, context: dict) -> dict | None:
+        """The teacher's trace of one example, as demos by predictor name, where it passes the metric.
+        A copy of the teacher, without the example among its demos (it would copy it), per trace:
+        the threads share nothing they change."""
+        teacher = self.teacher.deepcopy()
+        for _, predictor in teacher.named_predictors():
+            predictor.demos = [d for d in predictor.demos if d != example]
+        names = {id(predictor): name for name, predictor in teacher.named_predictors()}
+        with dspy.context(**context, trace=[]):
+            try:
+                prediction = teacher(**example.inputs())
+            except (AdapterParseError, LMInvalidRequestError):  # this reply or request, not the server
+                return None
+            trace = list(dspy.settings.trace)
+            if not self.metric(example, prediction, trace):
+                return None
+        demos: dict[str, list] = {}
+        for predictor, inputs, outputs in trace:
+            if (name := names.get(id(predictor))) is not None:
+                demos[name] = [dspy.Example(augmented=True, **inputs, **outputs)]  # the last call of each predictor
+        return demos
+
+
 def make_optimizer(settings: OptimizeSettings, metric, lm: dspy.LM, concurrency: int, seed: int):
     """The optimizer; `lm`, the current model, also writes MIPROv2's instructions and GEPA's reflections."""
     demos = settings.max_demos
     if settings.optimizer == "bootstrap_fewshot":
-        return dspy.BootstrapFewShot(metric=metric, max_bootstrapped_demos=demos, max_labeled_demos=0, max_rounds=1)
+        return ConcurrentBootstrapFewShot(metric=metric, max_bootstrapped_demos=demos, max_labeled_demos=settings.max_labeled_demos,
+                                          num_threads=concurrency, wave=settings.early_stop_after)
     if settings.optimizer == "bootstrap_random_search":
         return dspy.BootstrapFewShotWithRandomSearch(metric=metric, max_bootstrapped_demos=demos, max_labeled_demos=0,
                                                      num_candidate_programs=settings.candidates, num_threads=concurrency)
@@ -58,30 +133,61 @@ def make_optimizer(settings: OptimizeSettings, metric, lm: dspy.LM, concurrency:
     raise ValueError(f"unknown optimizer {settings.optimizer!r}")
 
 
-def score(program: dspy.Module, devset: list[dspy.Example], metric, concurrency: int) -> float | None:
-    """The metric's mean over `devset`, in [0, 1]."""
+def score(program: dspy.Module, devset: list[dspy.Example], metric, concurrency: int, context: dict) -> float | None:
+    """The metric's mean over `devset`, in [0, 1]; a reply that does not parse scores 0.
+
+    Our threads, each under `context` (lm, adapter, callbacks), instead of dspy.Evaluate: its
+    ParallelExecutor clears tqdm's global list of bars on entry, which raced with the traces'
+    executor running beside it (a KeyError in tqdm, seen here).
+    """
     if not devset:
         return None
-    result = dspy.Evaluate(devset=devset, metric=metric, num_threads=concurrency, display_progress=False,
-                           provide_traceback=False, max_errors=len(devset) + 1)(program)
-    return round(float(result.score) / 100, 4)
+
+    def one(example) -> float:
+        with dspy.context(**context):
+            try:
+                return float(metric(example, program(**example.inputs())))
+            except (AdapterParseError, LMInvalidRequestError):  # this reply or request, not the server
+                return 0.0
+
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(devset)))) as pool:
+        return round(sum(pool.map(one, devset)) / len(devset), 4)
 
 
 def compile_program(program: dspy.Module, metric, trainset: list[dspy.Example], devset: list[dspy.Example],
-                    settings: OptimizeSettings, lm: dspy.LM, adapter: dspy.Adapter, concurrency: int, seed: int
-                    ) -> tuple[dspy.Module, dict]:
-    """The compiled program, and what compiling it cost and changed on `devset`."""
+                    settings: OptimizeSettings, lm: dspy.LM, adapter: dspy.Adapter, concurrency: int, seed: int,
+                    start: dspy.Module | None = None) -> tuple[dspy.Module, dict]:
+    """The compiled program, and what compiling it cost and changed on `devset`.
+
+    `start`, the previous stage's compiled program (else `program` as it is), is what
+    "before" measures, beside the first traces; it teaches the traces (the optimizer's
+    teacher) and is kept where the new program scores lower on `devset`.
+    """
     counter = CallCounter()
-    start = time.perf_counter()
-    with dspy.context(lm=lm, adapter=adapter, callbacks=[counter]):
-        before = score(program, devset, metric, concurrency)
+    began = time.perf_counter()
+    warm = start is not None
+    start = start or program
+    if warm:
+        start._compiled = True  # a teacher as it is: DSPy would otherwise reset it and give it labeled demos
+    context = dict(lm=lm, adapter=adapter, callbacks=[counter])
+    with dspy.context(**context), ThreadPoolExecutor(max_workers=1) as pool:
+        before = pool.submit(score, start, devset, metric, concurrency, context)  # beside the first traces
         optimizer = make_optimizer(settings, metric, lm, concurrency, seed)
-        compiled = optimizer.compile(program, trainset=trainset)
-        after = score(compiled, devset, metric, concurrency)
-    demos = sum(len(p.demos) for _, p in compiled.named_predictors())
-    return compiled, {"optimizer": settings.optimizer, "before": before, "after": after, "demos": demos,
-                      "train": len(trainset), "dev": len(devset), "lm_calls": counter.calls, "tokens": counter.tokens(),
-                      "seconds": round(time.perf_counter() - start, 1)}
+        teacher = {"teacher": start} if warm and "teacher" in inspect.signature(optimizer.compile).parameters else {}
+        compiled = optimizer.compile(program, trainset=trainset, **teacher)
+        before = before.result()
+        if getattr(optimizer, "passed", None) == 0:  # no trace passed: nothing new to measure, the start stays
+            kept, after, how = start, before, "no trace passed: the start"
+        else:
+            after = score(compiled, devset, metric, concurrency, context)
+            kept, how = compiled, "new"
+    if warm and kept is compiled and before is not None and after is not None and after < before:
+        kept, after, how = start, before, "the start: it scored higher"
+    demos = sum(len(p.demos) for _, p in kept.named_predictors())
+    return kept, {"optimizer": settings.optimizer, "before": before, "after": after, "demos": demos, "warm_start": warm,
+                  "kept": how, "train": len(trainset), "dev": len(devset),
+                  "traced": getattr(optimizer, "traced", len(trainset)), "stopped": getattr(optimizer, "stopped", None),
+                  "lm_calls": counter.calls, "tokens": counter.tokens(), "seconds": round(time.perf_counter() - began, 1)}
 
 
 def render(name: str, program: dspy.Module, adapter: dspy.Adapter) -> str:

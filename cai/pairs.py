@@ -7,8 +7,9 @@ Two sources:
   agreement high enough), and only where it names the same side in both orders with at
   least `judge_margin` of probability between its two answers each time.
 - `best_of_n`: two samples of the same task that the constraint checker separates
-  (one keeps the rule, one breaks it): the most relevant keeping sample against the
-  most relevant breaking one, so the pair differs mainly in the rule it teaches.
+  (one keeps the rule, one breaks it): of the combinations the quality filters let
+  through, the most relevant keeping sample against the most relevant breaking one, so
+  the pair differs mainly in the rule it teaches.
 
 Then the quality filters (cai/quality.py's signals, thresholds in `pair_filters`): the
 chosen side must be relevant to the request, not much less relevant than the rejected
@@ -110,12 +111,23 @@ def filter_reason(chosen: dict | None, rejected: dict | None, constraint_id: str
     return None
 
 
-def best_of_n_sides(keeping: list[dict], breaking: list[dict], quality: dict, filters: PairFilters) -> tuple[dict, dict]:
-    """(chosen, rejected): the most relevant acceptable keeping sample against the most relevant
-    breaking one; without filters, the first of each."""
+def best_of_n_sides(keeping: list[dict], breaking: list[dict], quality: dict, filters: PairFilters,
+                    constraint_id: str | None = None) -> tuple[dict, dict]:
+    """(chosen, rejected): of the keeping x breaking combinations the quality filters let through,
+    the one with the most relevant chosen side, then the most relevant rejected side (so the pair
+    differs mainly in the rule); where none passes, the most relevant of each (which the filters
+    then drop, and count). Without filters, the first of each.
+
+    Taking the first passing combination rather than the two most relevant samples: on the first
+    two stage-1 runs here, the most relevant breaking sample was often longer or more relevant than
+    every keeping one, and the filters dropped half the candidates."""
     if not filters.enabled:
         return keeping[0], breaking[0]
     relevance = lambda s: (quality.get(s["id"]) or {}).get("relevance", -1.0)  # noqa: E731
+    combos = sorted(((c, r) for c in keeping for r in breaking), key=lambda cr: (-relevance(cr[0]), -relevance(cr[1])))
+    for chosen, rejected in combos:
+        if filter_reason(quality.get(chosen["id"]), quality.get(rejected["id"]), constraint_id, filters) is None:
+            return chosen, rejected
     fit = [s for s in keeping if acceptable(quality.get(s["id"]), filters) is None]
     return max(fit or keeping, key=relevance), max(breaking, key=relevance)
 
@@ -143,6 +155,9 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, g
     for task in tasks:
         samples = samples_of[task["id"]]
         constraint = task.get("constraint")
+        if not samples:  # the stage had its pairs before it answered this task (respond's target_pairs)
+            counts["unanswered"] += 1
+            continue
 
         # best-of-n: the checker separates a keeping sample from a breaking one
         if "best_of_n" in sources and constraint and len(samples) >= 2:
@@ -150,7 +165,7 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, g
             keeping = [s for s, ok in zip(samples, verdicts) if ok]
             breaking = [s for s, ok in zip(samples, verdicts) if not ok]
             if keeping and breaking:
-                chosen, rejected = best_of_n_sides(keeping, breaking, quality, filters)
+                chosen, rejected = best_of_n_sides(keeping, breaking, quality, filters, constraint.get("instruction_id"))
                 candidates.append(_pair(f"{task['id']}-best_of_n", stage, task, "best_of_n", "constraint", chosen, rejected,
                                         (chosen["response"], rejected["response"]), (True, False), quality=quality))
             else:

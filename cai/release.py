@@ -67,6 +67,22 @@ def _stages(run: Run) -> list[int]:
                   if k != "stage0" and (v.get("steps", {}).get("pairs", {}).get("status") == "done"))
 
 
+def _why_not(run: Run, n: int) -> str:
+    """What the manifest says of a stage that kept no pairs or trained no adapter."""
+    stage = run.stage(n)
+    failed = "; ".join(stage.get("gate", {}).get("failed", []))
+    counts = stage.get("steps", {}).get("pairs", {})
+    drops = ", ".join(f"{k.removeprefix('dropped_')} {v}" for k, v in sorted(counts.items()) if k.startswith("dropped_") and v)
+    return failed or (f"dropped: {drops}" if drops else "no reason recorded")
+
+
+def _empty_stages_say(run: Run, empty: list[int]) -> str:
+    if not empty:
+        return ""
+    lines = "\n".join(f"- stage{n}: {_why_not(run, n)}" for n in empty)
+    return f"\nStages that kept no pairs (no split; a stage with none is a normal outcome of the gate and the filters):\n\n{lines}\n"
+
+
 def _guard_mode(run: Run) -> tuple[str, str | None]:
     profile = run.manifest["config"]["profile"]
     guard = run.manifest["snapshot"]["curriculum"]["profiles"][profile].get("guard") or {}
@@ -85,12 +101,16 @@ def write_dataset(run: Run, out: Path) -> Path:
     named `dataset` loaded as the first one's rows).
     """
     stages = _stages(run)
-    files = {}
+    files, empty = {}, []
     shutil.rmtree(out / "data", ignore_errors=True)
     for n in stages:
         source = run.stage_dir(n) / "pairs.jsonl"
+        pairs = read_jsonl(source) if source.exists() else []
+        if not pairs:  # datasets refuses a split with no data ("corresponds to no data"): it is named in the card instead
+            empty.append(n)
+            continue
         files[n] = f"data/stage{n}-{hashlib.sha256(source.read_bytes()).hexdigest()[:10]}.jsonl"
-        write_jsonl_atomic(out / files[n], read_jsonl(source))
+        write_jsonl_atomic(out / files[n], pairs)
     mode, guard_model = _guard_mode(run)
     cfg = run.manifest["config"]
     snapshot = run.manifest["snapshot"]["curriculum"]
@@ -103,23 +123,28 @@ def write_dataset(run: Run, out: Path) -> Path:
         rows.append(f"| stage{n} | {propose.get('proposed', '-')} | {propose.get('kept', '-')} | {propose.get('tasks', '-')} "
                     f"| {pairs.get('pairs', 0)} | {dropped_judge} | {pairs.get('dropped_best_of_n_not_separated', 0)} "
                     f"| {dropped_filters} | {pairs.get('dropped_unsafe', 0)} | {guard.get('unsafe', '-')} |")
-    header = _yaml_header({
+    meta = {
         "license": "openrail",
         "language": ["en"],
         "tags": ["dpo", "preference", "constitutional-ai", "synthetic"],
         "pretty_name": f"cai-bootstrap pairs: {run.manifest['run']}",
-        "configs": [{"config_name": "default",
-                     "data_files": [{"split": f"stage{n}", "path": files[n]} for n in stages]}],
-        "dataset_info": DatasetInfo(features=pair_features())._to_yaml_dict(),
-    })
+    }
+    if files:  # no configs where there is no data: a card, and nothing that fails to load
+        meta["configs"] = [{"config_name": "default", "data_files": [{"split": f"stage{n}", "path": path} for n, path in files.items()]}]
+        meta["dataset_info"] = DatasetInfo(features=pair_features())._to_yaml_dict()
+    header = _yaml_header(meta)
+    load = (f"Load: `datasets.load_dataset(\"{out}\")`, one split a stage that kept pairs"
+            f" ({', '.join(f'stage{n}' for n in files)})." if files else
+            "**This run kept no pairs**: there is no data to load, only this card (see below why each stage kept none).")
     card = f"""{header}# Preference pairs from the run `{run.manifest['run']}`
 
 Made with no human in the loop by cai-bootstrap: the model `{cfg['model']}`
 (profile `{cfg['profile']}`, seed {cfg['seed']}) wrote tasks, answered them, critiqued and revised its
 answers against a constitution, and each stage's pairs trained the adapter that did the next stage's work.
 
-Load: `datasets.load_dataset("{out}")`, one split a stage. Each row is TRL's conversational preference
-format: `prompt` (the exact messages the policy was sent), `chosen`, `rejected`, and `provenance` (task and
+{load}
+{_empty_stages_say(run, empty)}
+Each row is TRL's conversational preference format: `prompt` (the exact messages the policy was sent), `chosen`, `rejected`, and `provenance` (task and
 its source, principle, critique, the judge's verdicts and margins in both orders, the constraint and whether
 each side kept it, the guard's verdicts, each side's relevance, repetition and length, and the adapter and prompt version that produced each side).
 
@@ -154,6 +179,7 @@ a chosen answer can still be wrong. Read pairs before training on them.
 Constitution sha256 `{cfg['constitution_sha256']}`, curriculum sha256 `{cfg['curriculum_sha256']}`;
 package versions: {json.dumps(run.manifest.get('versions', {}))}.
 """
+    out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text(card)
     return out
 
@@ -172,9 +198,10 @@ def write_model_card(run: Run, out: Path) -> Path:
     """`out/README.md`: the adapters of the run, what trained them and what the suites measured."""
     cfg = run.manifest["config"]
     rows = []
+    untrained = [n for n in range(1, 7) if f"stage{n}" in run.manifest.get("stages", {}) and not (run.root / f"stage{n}" / "adapter").exists()]
     for n in range(0, 7):
-        eval_path = run.stage_dir(n) / "eval.json"
-        if not eval_path.exists():
+        eval_path = run.root / f"stage{n}" / "eval.json"
+        if not eval_path.exists() or n in untrained:
             continue
         scores = json.loads(eval_path.read_text())
         suite = scores.get("instruction_following", {})
@@ -196,6 +223,7 @@ with the previous policy as reference. vLLM loads them with `--enable-lora`; tra
 | stage | adapter | promoted | pairs | last loss | instruction following, strict [95% interval] |
 | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
+{"".join(chr(10) + f"- stage{n} trained no adapter: {_why_not(run, n)}" for n in untrained)}
 
 ## Intended use
 

@@ -40,7 +40,7 @@ PROPORTIONS = set(SHOWN) - {"length_words", "relevance", "repetition"}  # plotte
 # The gain beside its tax: compliance next to what a shortcut to it would cost.
 GAIN_AND_TAX = ["instruction_following", "relevance", "off_topic", "length_words", "repetition", "boilerplate"]
 FILTERS = ["relevance", "relevance_margin", "length", "repetition", "boilerplate", "unmeasured"]
-STEP_ORDER = ["propose", "respond", "critique", "revise", "judge", "guard", "quality", "pairs", "train", "swap", "evaluate", "gate"]
+STEP_ORDER = ["optimize", "propose", "respond", "critique", "revise", "judge", "quality", "guard", "pairs", "train", "swap", "evaluate", "gate"]
 
 
 def _read_json(path: Path) -> dict:
@@ -167,11 +167,16 @@ def write_report(run: Run) -> Path:
     lines += change_from_base(run, data, stage_info)
     lines += gain_and_tax(data, stage_info)
     lines += ["", "Win rates count an item as won only when the base model, as judge, prefers it in both orders; "
-              "ties are counted apart:", ""]
+              "ties are counted apart. The judge is first asked about a few items in both orders: where it names the same "
+              "position both times too often, its verdicts say where an answer stands, not which is better, and the win rate "
+              "is not measured:", ""]
     for n in trained:
         for name in ("win_rate_vs_previous", "win_rate_vs_base"):
             if (w := data["evals"][n].get(name)) is not None:
-                lines.append(f"- stage {n} {name} (against {w.get('against')}): {w.get('wins')} won, {w.get('ties')} tied, {w.get('losses')} lost")
+                lines.append(f"- stage {n} {name} (against {w.get('against')}): {w.get('wins')} won, {w.get('ties')} tied, {w.get('losses')} lost"
+                             f" (position bias {w.get('position_bias', '-')})")
+            elif why := data["evals"][n].get("not_measured", {}).get(name):
+                lines.append(f"- stage {n} {name}: {why}")
     lines += ["", *[f"![{p}](report/{p})" for p in plots], ""]
 
     if origin := manifest.get("derived_from"):
@@ -299,12 +304,11 @@ def _short(text: str, limit: int = 300) -> str:
 
 def _model_statement(cfg: dict) -> str:
     model = str(cfg.get("model", ""))
-    if "135m" in model.lower() or cfg.get("profile") in ("quick", "cpu-full"):
+    if "135m" in model.lower() or cfg.get("profile") == "cpu":
         return ("**What this model can show.** The CPU default is a 135M-parameter model (SmolLM2-135M-Instruct, "
                 "from a 4-bit GGUF). It shows that every step of the loop runs on the real stack. Its judge and its "
                 "guard are near chance (the judge names the first answer almost always; the guard calls nearly "
-                "everything safe), so its pairs come from the constraint checkers. A `quick` run is too small to move "
-                "a suite, and `cpu-full`, sized to two hours on two cores, kept 7-16 pairs a stage after the quality "
-                "filters, which moved no suite either (README, \"The cpu-full run, measured\"): read the verdict below "
-                "and the intervals before reading any change.")
+                "everything safe), so its pairs come from the constraint checkers: what can move is instruction following, and "
+                "relevance, the off-topic share and length are its tax. Read the verdict below and the intervals "
+                "before reading any change (README, \"The default run, measured\").")
     return (f"Model `{model}`. Scores carry 95% intervals; a change smaller than the intervals is not a change.")

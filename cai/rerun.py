@@ -15,7 +15,7 @@ from cai.config import ConfigError, Constitution, Curriculum, StageConfig, Stage
 from cai.store import Run, derive
 
 # A stage's steps in the order they run, and what each writes under stageN/.
-STEPS = ("optimize", "propose", "respond", "critique", "revise", "judge", "guard", "quality",
+STEPS = ("optimize", "propose", "respond", "critique", "revise", "judge", "quality", "guard",
          "pairs", "train", "swap", "evaluate", "gate")
 STEP_FILES = {
     "optimize": ("programs", "optimize_responses.jsonl", "prompts.md"), "propose": ("proposals.jsonl", "tasks.jsonl"),
@@ -25,7 +25,8 @@ STEP_FILES = {
 }
 # The first step that reads each stage setting (config.StageConfig). A setting not named here
 # (the kind of task, seeds, counts, sampling, prompt optimization) reaches the whole stage.
-FIRST_READER = {"pair_sources": "judge", "judge_min_agreement": "judge", "judge_margin": "pairs", "pair_filters": "pairs",
+# The guard reads the pairs' settings too: it classifies the candidate pairs, as selected and filtered.
+FIRST_READER = {"pair_sources": "critique", "judge_min_agreement": "critique", "judge_margin": "guard", "pair_filters": "guard",
                 "train": "train", "suites": "evaluate", "gate": "gate"}
 # The constitution is first read by critique, and by optimize's critique and revise programs:
 # optimize is compiled anew, and keeps its constitution-free parts.

@@ -11,6 +11,8 @@ FastLanguageModel can load it (`train.backend: unsloth`); TRL's trainer runs eit
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import shutil
@@ -18,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from cai.config import TrainSettings
+from cai.progress import StepProgress
 
 
 class TrainingError(RuntimeError):
@@ -43,6 +46,29 @@ def divergence_guard(max_loss: float):
     return StopOnDivergence()
 
 
+def progress_callback(label: str):
+    """A TrainerCallback that shows the training's steps, tokens/s and time left (cai/progress.py)."""
+    from transformers import TrainerCallback
+
+    class ShowProgress(TrainerCallback):
+        shown: StepProgress | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.shown = StepProgress(label, state.max_steps, unit="steps").__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.shown.set(state.global_step, self.shown.tokens)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.shown and (logs or {}).get("num_tokens") is not None:
+                self.shown.set(state.global_step, int(logs["num_tokens"]))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.shown.__exit__(None, None, None)
+
+    return ShowProgress()
+
+
 def train_adapter(
     base_model: str,
     previous_adapter: Path | None,
@@ -51,9 +77,12 @@ def train_adapter(
     settings: TrainSettings,
     seed: int,
     trust_remote_code: bool = False,
+    tensorboard_dir: Path | None = None,
+    progress: str | None = None,
 ) -> dict:
     """Train on `pairs` (TRL conversational preference rows) and save the adapter to
-    `out_dir` atomically. Returns training stats for the manifest."""
+    `out_dir` atomically. Returns training stats for the manifest. The training curves go
+    to `tensorboard_dir` (TRL's `report_to` TensorBoard), `progress` names the progress line."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
@@ -99,23 +128,29 @@ def train_adapter(
         gradient_checkpointing=settings.gradient_checkpointing,  # TRL's default is on; off trades memory for speed
         logging_steps=1,
         save_strategy="no",
-        report_to=[],
+        report_to=["tensorboard"] if tensorboard_dir else [],
         seed=seed,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    if settings.method == "dpo":
-        from trl import DPOConfig, DPOTrainer
+    if tensorboard_dir:  # a training cut short is redone whole: its old curves go with it
+        shutil.rmtree(tensorboard_dir, ignore_errors=True)
+    # transformers' TensorBoard callback reads its folder from this variable when the trainer is made
+    with scoped_env(TENSORBOARD_LOGGING_DIR=str(tensorboard_dir) if tensorboard_dir else None):
+        if settings.method == "dpo":
+            from trl import DPOConfig, DPOTrainer
 
-        # Over several epochs, the reference's log-probs once per pair instead of once per pair per epoch.
-        args = DPOConfig(beta=settings.beta, precompute_ref_log_probs=settings.epochs > 1, **common)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
-    else:
-        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+            # Over several epochs, the reference's log-probs once per pair instead of once per pair per epoch.
+            args = DPOConfig(beta=settings.beta, precompute_ref_log_probs=settings.epochs > 1, **common)
+            trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+        else:
+            from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        args = ORPOConfig(beta=settings.beta, **common)
-        trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+            args = ORPOConfig(beta=settings.beta, **common)
+            trainer = ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    if progress:
+        trainer.add_callback(progress_callback(progress))
 
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if trainable == 0:  # PeftModel.from_pretrained defaults to frozen (trl #6700)
@@ -150,6 +185,44 @@ def train_adapter(
         "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
         "train_tokens": int(tokens) if tokens else None,  # what `plan --run` measures training throughput from
     }
+
+
+@contextlib.contextmanager
+def scoped_env(**values: str | None):
+    """Environment variables set (those given not None) for the block, then restored."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def merge_adapter(base_model: str, adapter: Path, out_dir: Path, trust_remote_code: bool = False) -> Path:
+    """The base with `adapter` merged into its weights (PEFT's `merge_and_unload`), as one float32
+    checkpoint in `out_dir`: what a server without LoRA serves (`serve.swap: merged`). Written
+    once, atomically; float32 so that a small LoRA update is not rounded away."""
+    if (out_dir / "MERGED").exists():
+        return out_dir
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(str(tmp))
+    (tmp / "MERGED").write_text(json.dumps({"base": base_model, "adapter": str(adapter)}))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, out_dir)
+    return out_dir
 
 
 def quantized_loading(settings: TrainSettings) -> dict:

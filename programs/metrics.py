@@ -21,10 +21,11 @@ def proposal_metric(closest: Callable[[str], float], min_novelty: float = 0.3):
     return metric
 
 
-def revision_metric(judge: Callable[[str, str, str, str], str | None] | None, guard: Callable[[str, str], bool] | None):
-    """Critique + revise: the revision changes the answer, keeps the task's rule where the
-    checker decides (else the judge prefers it to the original in both orders), and the
-    guard finds it safe. `judge(request, principle, a, b)` returns "A", "B" or None."""
+def revision_metric(judge: Callable[[str, str, str, str], str | None] | None):
+    """Critique + revise: the revision changes the answer and keeps the task's rule where the
+    checker decides (else the judge prefers it to the original in both orders).
+    `judge(request, principle, a, b)` returns "A", "B" or None. Safety is the guard's, where
+    data enters training (the pairs step), not the metric's."""
     def metric(example, prediction, trace=None):
         revision = (prediction.revision or "").strip()
         ok = bool(revision) and revision != example.response.strip()
@@ -35,7 +36,7 @@ def revision_metric(judge: Callable[[str, str, str, str], str | None] | None, gu
                 ab = judge(example.request, example.principle, example.response, revision)
                 ba = judge(example.request, example.principle, revision, example.response)
                 verdict = "revision" if (ab, ba) == ("B", "A") else None
-            ok = verdict == "revision" and (guard is None or guard(example.request, revision))
+            ok = verdict == "revision"
         return ok if trace is not None else float(ok)
     return metric
 

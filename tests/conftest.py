@@ -10,18 +10,24 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import pytest  # noqa: E402
 
 
+def scripted_server():
+    """Where a scripted LM's server would be: nothing listens; each policy has its own name (runtime LoRA)."""
+    from types import SimpleNamespace
+
+    from cai.serve import ServeSettings
+
+    return SimpleNamespace(api_base="http://unused", base_url="http://unused", api_key="k", settings=ServeSettings(model="model"),
+                           request_name=lambda name: name)
+
+
 @pytest.fixture
 def ctx(tmp_path):
     """A Context for step functions: a fresh run folder, no server (tests script the LM)."""
-    from types import SimpleNamespace
-
     import bootstrap
     from cai.config import load_constitution
-    from cai.serve import ServeSettings
     from cai.store import Run
 
     con, _ = load_constitution(ROOT / "constitution.yaml")
     run = Run(tmp_path / "run")
     run.manifest = {"config": {}, "stages": {}}
-    server = SimpleNamespace(api_base="http://unused", api_key="k", settings=ServeSettings(model="model"))
-    return bootstrap.Context(run, server, con, "model", "plain", 4, 30, 0, False)
+    return bootstrap.Context(run, scripted_server(), con, "model", "plain", 4, 30, 0, False)

@@ -49,13 +49,13 @@ def test_bad_stage_name(tmp_path):
 
 def test_missing_model_then_other_settings(tmp_path):
     cur = yaml.safe_load((ROOT / "curriculum.yaml").read_text())
-    cur["profiles"]["quick"]["model"] = str(tmp_path / "no-such-model")
+    cur["profiles"]["cpu"]["model"] = str(tmp_path / "no-such-model")
     path = tmp_path / "curriculum.yaml"
     path.write_text(yaml.safe_dump(cur))
     run = tmp_path / "run"
-    result = bootstrap("--run", str(run), "--curriculum", str(path), "--profile", "quick")
+    result = bootstrap("--run", str(run), "--curriculum", str(path), "--profile", "cpu")
     assert result.returncode == 2 and not run.exists()
-    assert f"{path}: profiles.quick.model: model path {tmp_path / 'no-such-model'} does not exist" in result.stderr
+    assert f"{path}: profiles.cpu.model: model path {tmp_path / 'no-such-model'} does not exist" in result.stderr
 
 
 def test_a_run_made_with_other_settings_is_refused_and_left_as_it_was(tmp_path):
@@ -63,7 +63,7 @@ def test_a_run_made_with_other_settings_is_refused_and_left_as_it_was(tmp_path):
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"run": "run", "config": {"seed": 0}, "stages": {}}))
     before = snapshot(run)
-    result = bootstrap("--run", str(run), "--profile", "quick", "--seed", "5")
+    result = bootstrap("--run", str(run), "--profile", "cpu", "--seed", "5")
     assert result.returncode == 2 and "different settings" in result.stderr and "seed" in result.stderr
     assert snapshot(run) == before
 
@@ -73,17 +73,17 @@ def test_a_taken_port_is_refused_before_anything_is_written(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         cur = yaml.safe_load((ROOT / "curriculum.yaml").read_text())
-        cur["profiles"]["quick"]["serve"]["port"] = s.getsockname()[1]
+        cur["profiles"]["cpu"]["serve"]["port"] = s.getsockname()[1]
         path = tmp_path / "curriculum.yaml"
         path.write_text(yaml.safe_dump(cur))
-        result = bootstrap("--run", str(tmp_path / "run"), "--curriculum", str(path), "--profile", "quick")
-    assert result.returncode == 2 and "profiles.quick.serve.port: port" in result.stderr and "is in use" in result.stderr
+        result = bootstrap("--run", str(tmp_path / "run"), "--curriculum", str(path), "--profile", "cpu")
+    assert result.returncode == 2 and "profiles.cpu.serve.port: port" in result.stderr and "is in use" in result.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_an_unwritable_run_folder_is_one_line(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    result = bootstrap("--run", str(tmp_path / "file" / "run"), "--profile", "quick")
+    result = bootstrap("--run", str(tmp_path / "file" / "run"), "--profile", "cpu")
     assert result.returncode == 2 and f"--run: cannot create {tmp_path / 'file' / 'run'}" in result.stderr
 
 
@@ -93,9 +93,9 @@ def test_a_full_disk_is_one_line_and_resumable(monkeypatch, capsys):
     import bootstrap as entry
 
     def full(args):
-        raise OSError(errno.ENOSPC, "No space left on device", "runs/quick/stage1/responses.jsonl")
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/cpu/stage1/responses.jsonl")
 
     monkeypatch.setattr(entry, "bootstrap", full)
     assert entry.main(["--until", "stage1"]) == 1
     err = capsys.readouterr().err
-    assert "the disk is full (writing runs/quick/stage1/responses.jsonl)" in err and "re-run the same command to resume" in err
+    assert "the disk is full (writing runs/cpu/stage1/responses.jsonl)" in err and "re-run the same command to resume" in err

@@ -26,19 +26,19 @@ def test_shipped_files_load_and_fit_together():
     check_together(con, cur, ROOT / "constitution.yaml")
     assert len(cur.stages) == 6 and len(con_sha) == 64 != len(cur_sha) - 1
     assert all(len(s.seeds) >= 20 and len(set(s.seeds)) == len(s.seeds) for s in cur.stages)
-    assert cur.profiles["quick"].guard.mode == "self" and cur.profiles["gpu"].guard.mode == "llama-guard"
+    assert cur.profiles["cpu"].guard.mode == "self" and cur.profiles["gpu"].guard.mode == "llama-guard"
 
 
 def test_stage_settings_merge_defaults_profile_stage(tmp_path):
     data = shipped("curriculum.yaml")
     data["stages"][2]["counts"] = {"samples": 5}
     cur, _ = load_curriculum(write(tmp_path, "c.yaml", data))
-    quick = cur.profiles["quick"]
-    st3, st1 = resolve_stage(cur, quick, 3), resolve_stage(cur, quick, 1)
-    assert st3.counts.samples == 5 and st1.counts.samples == data["profiles"]["quick"]["counts"]["samples"]
+    cpu = cur.profiles["cpu"]
+    st3, st1 = resolve_stage(cur, cpu, 3), resolve_stage(cur, cpu, 1)
+    assert st3.counts.samples == 5 and st1.counts.samples == data["profiles"]["cpu"]["counts"]["samples"]
     assert st1.counts.examples_shown == data["defaults"]["counts"]["examples_shown"]  # what the profile leaves, the defaults give
     assert st3.counts.proposed == st1.counts.proposed  # untouched fields keep the profile/default value
-    assert st1.train.learning_rate == quick.train.learning_rate != data["defaults"]["train"]["learning_rate"]
+    assert st1.train.learning_rate == cpu.train.learning_rate != data["defaults"]["train"]["learning_rate"]
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -48,8 +48,8 @@ def test_stage_settings_merge_defaults_profile_stage(tmp_path):
     (lambda d: d["stages"].reverse(), "stages must be, in order"),
     (lambda d: d["defaults"]["train"].update(method="ppo"), "defaults.train.method"),
     (lambda d: d.pop("profiles"), "profiles: Field required"),
-    (lambda d: d["profiles"]["quick"].update(guard={"mode": "llama-guard"}), "profiles.quick.guard: mode llama-guard needs `model`"),
-    (lambda d: d["profiles"]["quick"].update(guard={"mode": "shield"}), "profiles.quick.guard.mode"),
+    (lambda d: d["profiles"]["cpu"].update(guard={"mode": "llama-guard"}), "profiles.cpu.guard: mode llama-guard needs `model`"),
+    (lambda d: d["profiles"]["cpu"].update(guard={"mode": "shield"}), "profiles.cpu.guard.mode"),
     (lambda d: d["defaults"].update(judge_margin=1.5), "defaults.judge_margin"),
     (lambda d: d["defaults"]["pair_filters"].update(min_relevence=0.3), "defaults.pair_filters.min_relevence: Extra inputs"),
     (lambda d: d["stages"][3].update(pair_sources=["oracle"]), "stages.3.pair_sources.0"),
@@ -104,15 +104,16 @@ def test_a_stage_without_principles_is_refused(tmp_path):
         check_together(con, cur, path)
 
 
-def test_quick_and_cpu_full_differ_only_in_counts():
+def test_the_cpu_default_serves_merged_on_every_core_and_reads_its_verdict_on_the_full_suites():
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    quick, full = cur.profiles["quick"].model_dump(), cur.profiles["cpu-full"].model_dump()
-    assert {k for k in quick if quick[k] != full[k]} == {"counts"}
-    assert full["counts"]["eval_items"] >= 200 and full["counts"]["samples"] >= quick["counts"]["samples"]
+    cpu = cur.profiles["cpu"]
+    assert cpu.serve.swap == "merged" and cpu.serve.cpu_all_cores and cur.profiles["gpu"].serve.swap == "lora"
+    st = resolve_stage(cur, cpu, 6)
+    assert st.counts.eval_items >= 100 and st.counts.final_eval_items >= 200  # the gate's paired test; the verdict's 200 items
 
 
-def test_cpu_full_unfiltered_is_cpu_full_without_the_filters():
+def test_cpu_unfiltered_is_cpu_without_the_filters():
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    full, off = cur.profiles["cpu-full"].model_dump(), cur.profiles["cpu-full-unfiltered"].model_dump()
+    full, off = cur.profiles["cpu"].model_dump(), cur.profiles["cpu-unfiltered"].model_dump()
     assert {k for k in full if full[k] != off[k]} == {"pair_filters"}
-    assert off["pair_filters"]["enabled"] is False and resolve_stage(cur, cur.profiles["cpu-full-unfiltered"], 1).pair_filters.enabled is False
+    assert off["pair_filters"]["enabled"] is False and resolve_stage(cur, cur.profiles["cpu-unfiltered"], 1).pair_filters.enabled is False

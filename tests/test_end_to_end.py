@@ -17,7 +17,7 @@ import pytest
 from cai.store import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["optimize", "propose", "respond", "critique", "revise", "judge", "guard", "quality", "pairs", "train", "swap", "evaluate", "gate"]
+STEPS = ["optimize", "propose", "respond", "critique", "revise", "judge", "quality", "guard", "pairs", "train", "swap", "evaluate", "gate"]
 
 
 def bootstrap(*args) -> subprocess.CompletedProcess:

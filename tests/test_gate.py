@@ -35,12 +35,12 @@ def test_the_gate_names_only_scores_that_exist():
 def test_a_refused_stage_is_not_promoted_and_the_next_starts_from_the_last_promoted(ctx, monkeypatch):
     run = ctx.run
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    stages = {n: resolve_stage(cur, cur.profiles["quick"], n) for n in (1, 2, 3)}
+    stages = {n: resolve_stage(cur, cur.profiles["cpu"], n) for n in (1, 2, 3)}
     scripted = {1: 0.5, 2: 0.2, 3: 0.55}  # stage 2 regresses
     trained_from = []
     for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "measure_quality", "swap"):
         monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
-    monkeypatch.setattr(bootstrap, "make_pairs", lambda *a: {"pairs": 3})
+    monkeypatch.setattr(bootstrap, "make_pairs", lambda ctx, st, tasks: {"pairs": st.train.min_pairs})
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: trained_from.append(previous) or {})
 
     def evaluate(ctx, st, served, reference):
@@ -66,7 +66,7 @@ def test_a_refused_stage_is_not_promoted_and_the_next_starts_from_the_last_promo
 def test_a_gate_set_to_stop_ends_the_run_with_the_reason(ctx):
     run = ctx.run
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    st = resolve_stage(cur, cur.profiles["quick"], 1)
+    st = resolve_stage(cur, cur.profiles["cpu"], 1)
     st = st.model_copy(update={"gate": st.gate.model_copy(update={"on_fail": "stop"})})
     write_json_atomic(run.stage_dir(0) / "eval.json", {"instruction_following": score(0.6)})
     write_json_atomic(run.stage_dir(1) / "eval.json", {"instruction_following": score(0.3)})
@@ -79,10 +79,10 @@ def test_a_stage_whose_training_diverged_is_not_promoted_and_the_policy_stays(ct
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "measure_quality"):
         monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
-    monkeypatch.setattr(bootstrap, "make_pairs", lambda *a: {"pairs": 3})
+    monkeypatch.setattr(bootstrap, "make_pairs", lambda ctx, st, tasks: {"pairs": st.train.min_pairs})
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: {"diverged": "loss nan at step 3"})
     monkeypatch.setattr(bootstrap, "swap", lambda *a: pytest.fail("a diverged adapter is not served"))
-    assert bootstrap.run_stage(ctx, resolve_stage(cur, cur.profiles["quick"], 2), "stage1") == "stage1"
+    assert bootstrap.run_stage(ctx, resolve_stage(cur, cur.profiles["cpu"], 2), "stage1") == "stage1"
     manifest = json.loads(ctx.run.manifest_path.read_text())["stages"]["stage2"]
     assert manifest["promoted"] is False and manifest["gate"]["failed"] == ["training diverged: loss nan at step 3"]
     assert manifest["steps"]["gate"]["skipped"] == "training diverged"
@@ -92,19 +92,20 @@ def test_a_stage_with_too_few_pairs_is_not_trained_and_the_policy_stays(ctx, mon
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "measure_quality"):
         monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
-    monkeypatch.setattr(bootstrap, "make_pairs", lambda *a: {"pairs": 0, "dropped_filter_relevance": 4})
-    monkeypatch.setattr(bootstrap, "train", lambda *a: pytest.fail("nothing to train on"))
-    assert bootstrap.run_stage(ctx, resolve_stage(cur, cur.profiles["quick"], 2), "stage1") == "stage1"
+    st = resolve_stage(cur, cur.profiles["cpu"], 2)
+    monkeypatch.setattr(bootstrap, "make_pairs", lambda *a: {"pairs": st.train.min_pairs - 1, "dropped_filter_relevance": 4})
+    monkeypatch.setattr(bootstrap, "train", lambda *a: pytest.fail("too few pairs to move the model"))
+    assert bootstrap.run_stage(ctx, st, "stage1") == "stage1"
     manifest = json.loads(ctx.run.manifest_path.read_text())["stages"]["stage2"]
-    assert manifest["promoted"] is False
-    assert manifest["gate"]["failed"] == ["too few pairs: 0 pairs passed (train.min_pairs is 1)"]
+    assert manifest["promoted"] is False and st.train.min_pairs == 16
+    assert manifest["gate"]["failed"] == ["too few pairs: 15 pairs passed (train.min_pairs is 16)"]
     assert {manifest["steps"][k]["skipped"] for k in ("train", "swap", "evaluate", "gate")} == {"too few pairs"}
 
 
 def test_compliance_bought_with_relevance_is_not_promoted(ctx):
     """The measured hack (DESIGN.md): compliance up, relevance down beyond its interval."""
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    st = resolve_stage(cur, cur.profiles["quick"], 2)
+    st = resolve_stage(cur, cur.profiles["cpu"], 2)
     base = {"instruction_following": score(0.145), "relevance": {"score": 0.595, "low": 0.567, "high": 0.623, "n": 200},
             "off_topic": score(0.12)}
     write_json_atomic(ctx.run.stage_dir(0) / "eval.json", base)
@@ -119,12 +120,12 @@ def test_compliance_bought_with_relevance_is_not_promoted(ctx):
     assert not any(f.startswith("instruction_following") for f in failed)
     # a drop inside the reference's interval passes
     write_json_atomic(ctx.run.stage_dir(3) / "eval.json", {**base, "relevance": {"score": 0.580, "low": 0.55, "high": 0.61, "n": 200}})
-    assert bootstrap.gate(ctx, resolve_stage(cur, cur.profiles["quick"], 3), "stage1")["promoted"] is True
+    assert bootstrap.gate(ctx, resolve_stage(cur, cur.profiles["cpu"], 3), "stage1")["promoted"] is True
 
 
 def test_small_drops_that_each_pass_cannot_add_up_past_the_base(ctx):
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    st = resolve_stage(cur, cur.profiles["quick"], 3)
+    st = resolve_stage(cur, cur.profiles["cpu"], 3)
     write_json_atomic(ctx.run.stage_dir(0) / "eval.json", {"instruction_following": score(0.5)})
     write_json_atomic(ctx.run.stage_dir(2) / "eval.json", {"instruction_following": score(0.42)})  # promoted: -0.08
     write_json_atomic(ctx.run.stage_dir(3) / "eval.json", {"instruction_following": score(0.34)})  # -0.08 again
@@ -145,7 +146,7 @@ def write_relevance(run, n, values):
 def test_with_the_items_on_record_the_gate_reads_relevance_paired_item_by_item(ctx):
     """A drop every item shares is real though small; a drop some items gain back is noise."""
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    st = resolve_stage(cur, cur.profiles["quick"], 2)
+    st = resolve_stage(cur, cur.profiles["cpu"], 2)
     before = [0.5 + 0.01 * (i % 20) for i in range(40)]  # 0.595 on average, its interval about +/-0.02
     reference = {"relevance": {"score": 0.595, "low": 0.577, "high": 0.613, "n": 80}}
     for n in (0, 1):
@@ -161,4 +162,4 @@ def test_with_the_items_on_record_the_gate_reads_relevance_paired_item_by_item(c
     # 0.03 lower on average, below the reference's interval, but half the items rose: the paired interval holds zero
     write_json_atomic(ctx.run.stage_dir(3) / "eval.json", {"relevance": {"score": 0.565, "low": 0.52, "high": 0.61, "n": 80}})
     write_relevance(ctx.run, 3, [v + (0.24 if i % 2 else -0.30) for i, v in enumerate(before)])
-    assert bootstrap.gate(ctx, resolve_stage(cur, cur.profiles["quick"], 3), "stage1")["promoted"] is True
+    assert bootstrap.gate(ctx, resolve_stage(cur, cur.profiles["cpu"], 3), "stage1")["promoted"] is True

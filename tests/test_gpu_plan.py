@@ -80,8 +80,8 @@ def test_plan_prints_tokens_hours_dollars_and_memory():
     assert result.returncode == 0, result.stderr
     assert "at $2.00 per GPU-hour" in result.stdout and "| all |" in result.stdout
     assert "training: weights" in result.stdout and "DOES NOT FIT" not in result.stdout
-    refused = subprocess.run([sys.executable, str(ROOT / "bootstrap.py"), "plan", "--profile", "quick"], capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "profiles.quick: has no gpu section" in refused.stderr
+    refused = subprocess.run([sys.executable, str(ROOT / "bootstrap.py"), "plan", "--profile", "cpu"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "profiles.cpu: has no gpu section" in refused.stderr
 
 
 def test_the_budget_stops_at_a_step_boundary_and_a_larger_one_goes_on(ctx):

@@ -42,11 +42,17 @@ def test_an_answer_cannot_close_the_conversation_and_write_its_own_verdict():
     assert "[END CONVERSATION]" in text
 
 
-def test_every_prompt_and_every_possible_side_is_checked():
-    tasks = [{"id": "t1", "prompt": "Name fruits."}]
-    responses = [{"id": "t1-r0", "task_id": "t1", "ok": True, "response": "apple"},
-                 {"id": "t1-r1", "task_id": "t1", "ok": False, "error": "unparseable"}]
-    revisions = [{"id": "t1-r0-v", "task_id": "t1", "ok": True, "revision": "Apple."}]
-    jobs = guard.items_to_check(tasks, responses, revisions)
+def test_the_prompt_and_both_sides_of_every_candidate_are_checked_once():
+    def candidate(task, chosen, rejected):
+        return {"prompt": [{"role": "user", "content": f"Prompt of {task}."}], "chosen": [{"role": "assistant", "content": chosen[1]}],
+                "rejected": [{"role": "assistant", "content": rejected[1]}],
+                "provenance": {"task_id": task, "chosen": {"record_id": chosen[0]}, "rejected": {"record_id": rejected[0]}}}
+
+    # two candidates of task t1 share a side (a best-of-n pair and a revision pair on the same original)
+    candidates = [candidate("t1", ("t1-r2", "pear"), ("t1-r0", "apple, pear")), candidate("t1", ("t1-r0-v", "Pear."), ("t1-r0", "apple, pear")),
+                  candidate("t2", ("t2-r1", "oak"), ("t2-r0", "oak, elm"))]
+    jobs = guard.items_to_check(candidates)
     assert [(j.id, j.meta["target"], j.inputs["agent"]) for j in jobs] == [
-        ("t1-prompt", "t1", None), ("t1-r0-guard", "t1-r0", "apple"), ("t1-r0-v-guard", "t1-r0-v", "Apple.")]
+        ("t1-prompt", "t1", None), ("t1-r2-guard", "t1-r2", "pear"), ("t1-r0-guard", "t1-r0", "apple, pear"),
+        ("t1-r0-v-guard", "t1-r0-v", "Pear."), ("t2-prompt", "t2", None), ("t2-r1-guard", "t2-r1", "oak"), ("t2-r0-guard", "t2-r0", "oak, elm")]
+    assert all(j.inputs["user"] == f"Prompt of {j.meta['target'][:2]}." for j in jobs)

@@ -1,6 +1,8 @@
 """Optimizing prompts on a scripted LM: compiled programs save and load back to the same
 prompts, the optimize step records its metric before and after, `prompts` prints them."""
 
+import threading
+
 import dspy
 import pytest
 from dspy.utils.dummies import DummyLM
@@ -38,16 +40,15 @@ def test_a_compiled_program_saves_and_loads_back_to_the_same_prompts(tmp_path):
 def test_the_revision_metric_asks_the_checker_first_then_the_judge_in_both_orders():
     no_comma = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
     example = dspy.Example(request="Name fruits. Use no commas.", response="apple, pear", constraint=no_comma, principle="p")
-    metric = revision_metric(judge=lambda *a: pytest.fail("the checker decides here"), guard=None)
+    metric = revision_metric(judge=lambda *a: pytest.fail("the checker decides here"))
     assert metric(example, dspy.Prediction(revision="apple and pear")) == 1.0
     assert metric(example, dspy.Prediction(revision="apple, pear")) == 0.0  # unchanged
     free = example.copy(constraint=None)
-    always_b = revision_metric(judge=lambda request, principle, a, b: "B", guard=None)  # position bias: never both orders
-    prefers_revision = revision_metric(judge=lambda request, principle, a, b: "B" if b == "Apples and pears." else "A", guard=None)
+    always_b = revision_metric(judge=lambda request, principle, a, b: "B")  # position bias: never both orders
+    prefers_revision = revision_metric(judge=lambda request, principle, a, b: "B" if b == "Apples and pears." else "A")
     assert always_b(free, dspy.Prediction(revision="Apples and pears.")) == 0.0
     assert prefers_revision(free, dspy.Prediction(revision="Apples and pears.")) == 1.0
-    unsafe = revision_metric(judge=None, guard=lambda request, answer: False)
-    assert unsafe(example, dspy.Prediction(revision="apple and pear"), trace=object()) is False
+    assert metric(example, dspy.Prediction(revision="apple and pear"), trace=object()) is True  # pass or fail while bootstrapping
 
 
 def test_the_optimize_step_records_the_metric_and_prompts_prints_each_program(ctx, monkeypatch, capsys):
@@ -76,7 +77,7 @@ def test_the_optimize_step_records_the_metric_and_prompts_prints_each_program(ct
     assert "stage 2's optimize step has not run" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, kind", [("bootstrap_fewshot", "BootstrapFewShot"),
+@pytest.mark.parametrize("name, kind", [("bootstrap_fewshot", "ConcurrentBootstrapFewShot"),
                                         ("bootstrap_random_search", "BootstrapFewShotWithRandomSearch"),
                                         ("miprov2", "MIPROv2"), ("gepa", "GEPA")])
 def test_each_optimizer_the_curriculum_names_is_built(name, kind):
@@ -84,6 +85,81 @@ def test_each_optimizer_the_curriculum_names_is_built(name, kind):
 
     lm = scripted({"": "x"})
     optimizer = make_optimizer(OptimizeSettings(optimizer=name, trainset=1, devset=1), lambda e, p, t=None: 1.0, lm, 2, 0)
-    assert type(optimizer).__name__ == kind
+    assert type(optimizer).__name__ == kind and isinstance(optimizer, dspy.teleprompt.Teleprompter)
     if name == "gepa":
         assert optimizer.reflection_lm is lm  # the current model reflects on its own prompts
+
+
+def test_traces_run_in_waves_and_stop_when_a_wave_passes_none():
+    from cai.optimize import ConcurrentBootstrapFewShot
+
+    examples = [dspy.Example(kind="k", examples=f"1. Example {i}.").with_inputs("kind", "examples") for i in range(9)]
+    calls = []
+    lm = scripted({"Example": "ok"})
+    lm.forward = (lambda forward: lambda *a, **k: calls.append(1) or forward(*a, **k))(lm.forward)
+    optimizer = ConcurrentBootstrapFewShot(metric=lambda e, p, t=None: False, max_bootstrapped_demos=2, max_labeled_demos=0,
+                                           num_threads=4, wave=3)
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        compiled = optimizer.compile(Propose(), trainset=examples)
+    assert optimizer.traced == 3 and optimizer.passed == 0 and len(calls) == 3  # the first wave, then no more
+    assert optimizer.stopped == "none of 3 traces passed" and compiled.write.demos == []
+
+
+def test_passing_traces_become_demos_in_trainset_order_and_labeled_ones_fill_up():
+    from cai.optimize import ConcurrentBootstrapFewShot
+
+    examples = [dspy.Example(kind="k", examples=f"1. Example {i}.", request=f"Seed request {i}.").with_inputs("kind", "examples")
+                for i in range(6)]
+    lm = scripted({f"Example {i}.": f"New request number {i}." for i in range(6)})
+    passes = {"New request number 1.", "New request number 3.", "New request number 4."}
+    optimizer = ConcurrentBootstrapFewShot(metric=lambda e, p, t=None: p.request in passes, max_bootstrapped_demos=2,
+                                           max_labeled_demos=3, num_threads=4, wave=3)
+    with dspy.context(lm=lm, adapter=PlainAdapter()):
+        compiled = optimizer.compile(Propose(), trainset=examples)
+    demos = compiled.write.demos
+    assert optimizer.stopped == "enough demos" and optimizer.traced == 6
+    assert [d.request for d in demos[:2]] == ["New request number 1.", "New request number 3."]  # in order, not by finish
+    assert len(demos) == 3 and demos[2].request.startswith("Seed request")  # a labeled seed fills the third place
+
+
+def test_the_optimize_step_cuts_each_program_to_its_share_of_the_stages_calls(ctx, monkeypatch):
+    st = stage(1)
+    tiny_share = st.optimize.model_copy(update={"call_share": 0.001})
+    monkeypatch.setattr(bootstrap, "compile_program", lambda *a, **k: pytest.fail("over budget: nothing is compiled"))
+    stats = bootstrap.optimize_program(ctx, st.model_copy(update={"optimize": tiny_share}), "stage0", "critique_revise")
+    budget = int(0.001 * bootstrap.planned_calls(st))
+    assert stats == {"critique_revise_skipped": f"the budget ({budget} LM calls) allows no example"} and budget < 4
+    seen = {}
+
+    def fake_compile(program, metric, train, dev, settings, lm, adapter, concurrency, seed, start=None):
+        seen.update(train=len(train), dev=len(dev), start=start)
+        return program, {"optimizer": "x", "before": 0.0, "after": 0.0}
+
+    monkeypatch.setattr(bootstrap, "compile_program", fake_compile)
+    monkeypatch.setattr(Endpoint, "lm", lambda self, sampling, seed: scripted({"": "x"}))
+    share = st.optimize.model_copy(update={"call_share": 0.04, "trainset": 8, "devset": 4})
+    stats = bootstrap.optimize_program(ctx, st.model_copy(update={"optimize": share}), "stage0", "propose")
+    budget = int(0.04 * bootstrap.planned_calls(st))
+    assert stats["propose_budget"] == budget and seen["dev"] == min(4, budget // 3) and seen["train"] == min(8, budget - 2 * seen["dev"])
+    assert seen["start"] is None  # stage 1: nothing to start from
+
+
+def test_a_warm_start_that_scores_higher_stays_the_stages_program():
+    examples = [dspy.Example(kind="k", examples=f"1. Example {i}.").with_inputs("kind", "examples") for i in range(4)]
+    lock = threading.Lock()
+
+    class SeesDemos(DummyLM):  # DummyLM reads the last message only; the demos are earlier turns
+        def forward(self, prompt=None, messages=None, **kwargs):
+            old = any("An old demo request" in m["content"] for m in messages)
+            with lock:  # the start's score runs beside the traces
+                self.answers = {"": {"out": "Old style request." if old else "A fresh request about sailing boats."}}
+                return super().forward(prompt=prompt, messages=messages, **kwargs)
+
+    lm = SeesDemos({"": {"out": ""}}, adapter=PlainAdapter())  # the warm start's demo changes its answer
+    warm = Propose()
+    warm.write.demos = [dspy.Example(kind="k", examples="1. x", request="An old demo request.")]
+    metric = lambda e, p, t=None: p.request == "Old style request." if t is not None else float(p.request == "Old style request.")  # noqa: E731
+    program, report = compile_program(Propose(), metric, examples[:2], examples[2:], OptimizeSettings(trainset=2, devset=2),
+                                      lm, PlainAdapter(), 2, 0, start=warm)
+    assert report["warm_start"] and report["before"] == 1.0 and report["kept"] == "the start: it scored higher"
+    assert program is warm and report["after"] == 1.0

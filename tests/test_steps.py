@@ -18,7 +18,7 @@ def script(monkeypatch, answers: dict):
 
 def stage(n, **counts):
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    st = resolve_stage(cur, cur.profiles["quick"], n)
+    st = resolve_stage(cur, cur.profiles["cpu"], n)
     return st.model_copy(update={"counts": st.counts.model_copy(update=counts)})
 
 
@@ -86,34 +86,43 @@ def test_later_proposal_rounds_are_shown_tasks_the_model_wrote(ctx, monkeypatch)
     assert all(any(w in p for w in written) for p in second_round)
 
 
-def test_the_guard_step_keeps_flagged_items_out_of_pairs_jsonl(ctx, monkeypatch):
+def test_the_guard_sees_only_the_candidate_pairs_asks_the_base_and_what_it_flags_never_reaches_the_pairs(ctx, monkeypatch):
     from cai import guard
     from cai.store import read_jsonl
 
     no_comma = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
-    tasks = [{"id": f"s1-seed0{i}", "source": "seed", "prompt": f"Name {kind}. Use no commas.", "constraint": no_comma}
-             for i, kind in enumerate(["fruits", "weapons"])]
+    tasks = [{"id": f"s1-seed0{i}", "source": "seed", "request": f"Name {kind}.", "prompt": f"Name {kind}. Use no commas.",
+              "constraint": no_comma} for i, kind in enumerate(["fruits", "weapons", "trees"])]
+    answers = {"s1-seed00": ["apple, pear", "apple and pear", "plum, fig"],  # separated: a candidate; the third sample is neither side
+               "s1-seed01": ["knife, gun", "knife and gun"],  # separated, but its prompt is flagged
+               "s1-seed02": ["oak and elm", "ash and yew"]}  # every sample keeps the rule: no candidate, nothing to classify
     responses = ctx.run.records(1, "responses")
     for t in tasks:
-        for k, text in enumerate(["apple, pear", "apple and pear"]):
-            responses.append({"id": f"{t['id']}-r{k}", "task_id": t["id"], "sample": k, "ok": True, "response": text, "model": "stage0"})
+        for k, text in enumerate(answers[t["id"]]):
+            responses.append({"id": f"{t['id']}-r{k}", "task_id": t["id"], "sample": k, "ok": True, "response": text, "model": "stage3"})
+    asked = []
 
     def scripted_guard(self, job, seed):  # flags the second task's prompt only
+        asked.append((job.id, self.model, self.label))
         flagged = "weapons" in job.inputs["user"] and job.inputs["agent"] is None
-        return {"model": "stage0", "ok": True, "verdict": guard.parse_verdict("unsafe\nS9" if flagged else "safe"),
+        return {"model": self.label, "ok": True, "verdict": guard.parse_verdict("unsafe\nS9" if flagged else "safe"),
                 "tokens": {"prompt": 1, "completion": 1}}
 
     monkeypatch.setattr(guard.Guard, "__call__", scripted_guard)
     ctx.guard = ctx.guard.model_copy(update={"mode": "self"})
     ctx.run.manifest["stages"] = {}
-    stats = bootstrap.safety_check(ctx, stage(1), "stage0", tasks)
-    assert stats["requested"] == 6 and stats["unsafe"] == 1 and stats["unsafe_prompts"] == 1
     unfiltered = stage(1).model_copy(update={"pair_filters": PairFilters(enabled=False)})  # the guard alone
+    stats = bootstrap.safety_check(ctx, unfiltered, tasks)
+    assert sorted(a[0] for a in asked) == ["s1-seed00-prompt", "s1-seed00-r0-guard", "s1-seed00-r1-guard",
+                                           "s1-seed01-prompt", "s1-seed01-r0-guard", "s1-seed01-r1-guard"]
+    assert {(model, label) for _, model, label in asked} == {("stage0", "stage0")}  # the fixed base, not the policy (stage3)
+    assert stats["candidates"] == 2 and stats["unsafe"] == 1 and stats["unsafe_prompts"] == 1
     bootstrap.make_pairs(ctx, unfiltered, tasks)
     pairs = read_jsonl(ctx.run.stage_dir(1) / "pairs.jsonl")
     dropped = read_jsonl(ctx.run.stage_dir(1) / "safety.jsonl")
     assert [p["provenance"]["task_id"] for p in pairs] == ["s1-seed00"]
     assert [(d["task_id"], d["reason"]) for d in dropped] == [("s1-seed01", "prompt: unsafe (S9)")]
+    assert pairs[0]["provenance"]["guard"]["chosen"]["safe"] and pairs[0]["provenance"]["guard"]["mode"] == "self"
 
 
 def test_the_quality_step_measures_every_answer_once_and_the_pairs_step_filters_on_it(ctx):
@@ -151,3 +160,89 @@ def test_the_judge_is_a_pair_source_only_as_far_as_its_measured_agreement_allows
         monkeypatch.setattr(bootstrap, "run_jobs", lambda *a, **k: pytest.fail("the untrusted judge was asked"))
         assert bootstrap.judge(ctx, st, "stage3", [])["skipped"]
     assert "judge" not in bootstrap.trusted_sources(ctx, stage(1))[0]  # stages 1-3 do not use the judge
+
+
+def test_a_win_rate_is_measured_only_where_the_judge_passes_the_position_check(ctx, monkeypatch):
+    from cai.store import write_jsonl_atomic
+
+    st = stage(2)
+    ours = [{"id": f"h{i}", "doc": {"prompt": f"Help request {i}."}, "response": f"Our answer {i}."} for i in range(12)]
+    write_jsonl_atomic(ctx.run.stage_dir(1) / "eval" / "helpfulness.jsonl", [{**r, "response": f"Their answer {i}."} for i, r in enumerate(ours)])
+    folder = ctx.run.stage_dir(2) / "eval"
+    asked = []
+
+    def lm_of(verdict):
+        class Judge(DummyLM):
+            def forward(self, prompt=None, messages=None, **kwargs):
+                text = messages[-1]["content"]
+                asked.append(text)
+                self.answers = {"": {"out": verdict(text)}}
+                return super().forward(prompt=prompt, messages=messages, **kwargs)
+        return lambda self, sampling, seed: Judge({"": {"out": "A"}}, adapter=PlainAdapter())
+
+    monkeypatch.setattr(Endpoint, "lm", lm_of(lambda text: "A"))  # the 135M judge: always the first answer
+    rate, why = bootstrap.judge_against(ctx, st, ours, "stage1", folder)
+    k = st.suites.position_check_items
+    assert rate is None and len(asked) == 2 * k  # the check only: the rest is not asked
+    assert why == f"not measured: the judge has a position bias of 1.00 (it named the same position in both orders for {k} of {k} items; allowed: 0.5)"
+    asked.clear()
+    # a judge that reads the answers: ours wins wherever it is shown
+    monkeypatch.setattr(Endpoint, "lm", lm_of(lambda text: "A" if text.index("Our answer") < text.index("Their answer") else "B"))
+    rate, why = bootstrap.judge_against(ctx, st, ours, "stage1", ctx.run.stage_dir(3) / "eval")
+    assert why == "" and rate["position_bias"] == 0.0 and rate["wins"] == 12 and len(asked) == 24
+
+
+def test_critiques_go_where_no_sample_kept_the_rule_and_the_budget_holds(ctx, monkeypatch):
+    no_comma = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
+    tasks = [{"id": f"s1-seed0{i}", "source": "seed", "request": f"Name {w}.", "prompt": f"Name {w}. Use no commas.", "constraint": no_comma}
+             for i, w in enumerate(["fruits", "trees", "rivers", "birds"])]
+    answers = {"s1-seed00": ["apple, pear", "apple and pear"],  # r0 broken, a later sample kept: best-of-n pairs it
+               "s1-seed01": ["oak, elm", "ash, yew"],  # nothing kept: where a revision helps most
+               "s1-seed02": ["nile and po", "rhine and elbe"],  # r0 kept: no checker can decide a revision
+               "s1-seed03": ["owl, tit", "jay, emu"]}  # nothing kept
+    responses = ctx.run.records(1, "responses")
+    for t in tasks:
+        for k, text in enumerate(answers[t["id"]]):
+            responses.append({"id": f"{t['id']}-r{k}", "task_id": t["id"], "sample": k, "ok": True, "response": text})
+    script(monkeypatch, {"Critique request": "It has commas."})
+    st = stage(1, critiques=2)
+    stats = bootstrap.critique(ctx, st, "stage0", tasks)
+    assert sorted(c["task_id"] for c in ctx.run.records(1, "critiques")) == ["s1-seed01", "s1-seed03"]
+    assert stats["skipped_nothing_could_decide"] == 1 and stats["skipped_over_budget"] == 1
+
+
+def test_rules_are_drawn_where_best_of_n_can_separate_the_samples():
+    import random
+
+    from cai import constraints
+
+    tasks = [{"id": f"t{i}", "prompt": "Say hi.", "constraint": {"instruction_id": kind, "kwargs": {}}}
+             for i, kind in enumerate(["change_case:english_lowercase", "punctuation:no_comma"])]
+    responses = [{"task_id": "t0", "ok": True, "response": "Hi There"} for _ in range(40)]  # lowercase: never kept
+    responses += [{"task_id": "t1", "ok": True, "response": text} for text in ["hi, you", "hi you"] * 4]  # no commas: half the time
+    weights = constraints.separating_weights(tasks, responses, samples=4)
+    # p = (0+1)/(40+2): four samples all break the rule 90% of the time; the floor keeps it in the draw
+    assert weights["change_case:english_lowercase"] == constraints.MIN_WEIGHT
+    assert weights["punctuation:no_comma"] == round(1 - 0.5 ** 4 - 0.5 ** 4, 3)
+    drawn = [constraints.draw(random.Random(i), weights)["instruction_id"] for i in range(400)]
+    assert drawn.count("punctuation:no_comma") > 3 * drawn.count("change_case:english_lowercase")
+    assert drawn.count("detectable_format:title") > drawn.count("change_case:english_lowercase")  # unmeasured kinds weigh 1
+
+
+def test_respond_answers_batches_of_tasks_until_the_stage_holds_its_pairs(ctx, monkeypatch):
+    no_comma = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
+    tasks = [{"id": f"s1-seed{i:02d}", "source": "seed", "request": "Name three fruits.", "prompt": f"Name three fruits {i}. Use no commas.",
+              "constraint": no_comma} for i in range(10)]
+    # sent sample-major within a batch of 4 tasks: every first sample has commas, every second none
+    replies = iter((["apples, pears and plums"] * 4 + ["apples and pears and plums"] * 4) * 2 + ["apples, pears and plums"] * 2
+                   + ["apples and pears and plums"] * 2)
+
+    def lm(self, sampling, seed):
+        return DummyLM([{"response": next(replies)}], adapter=PlainAdapter())
+
+    monkeypatch.setattr(Endpoint, "lm", lm)
+    monkeypatch.setattr(ctx, "concurrency", 1)
+    st = stage(1, samples=2, target_pairs=5, respond_batch=4)
+    stats = bootstrap.respond(ctx, st, "stage0", tasks)
+    assert stats["tasks_answered"] == 8 and stats["candidate_pairs"] == 8 and stats["requested"] == 16  # two batches of 4
+    assert {r["task_id"] for r in ctx.run.records(1, "responses")} == {t["id"] for t in tasks[:8]}

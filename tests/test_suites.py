@@ -100,7 +100,7 @@ def test_eval_json_holds_every_suite_and_the_quality_suites_with_intervals(ctx, 
     monkeypatch.setattr(bootstrap, "run_lm_eval", lambda *a, **k: output)
     cur, _ = load_curriculum(bootstrap.ROOT / "curriculum.yaml")
     ctx.guard = ctx.guard.model_copy(update={"mode": "off"})
-    bootstrap.evaluate(ctx, resolve_stage(cur, cur.profiles["quick"], 1), "stage0")
+    bootstrap.evaluate(ctx, resolve_stage(cur, cur.profiles["cpu"], 1), "stage0")
     scores = json.loads((ctx.run.stage_dir(0) / "eval.json").read_text())
     for name in ("instruction_following", "over_refusal", "relevance", "off_topic", "repetition", "length_words", "boilerplate"):
         assert set(scores[name]) == {"score", "low", "high", "n"}, name
