@@ -44,6 +44,7 @@ import random
 import shutil
 import signal
 import sys
+import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,7 +73,8 @@ from cai.rerun import rerun_stage
 from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer, port_in_use
 from cai.store import Records, Run, Timer, read_jsonl, write_json_atomic, write_jsonl_atomic
 from cai.tasks import Novelty, proposer_examples
-from cai.train import TrainingError, merge_adapter, train_adapter
+from cai.train import TrainingError, merge_adapter
+from cai.train_process import train_in_process
 from programs.critique import Critic
 from programs.critique_revise import CritiqueAndRevise
 from programs.metrics import judge_metric, proposal_metric, revision_metric
@@ -570,9 +572,10 @@ def train(ctx: Context, st: StageConfig, previous: str) -> dict:
     n = st.number
     previous_dir = ctx.run.root / previous / "adapter" if previous != BASE_NAME else None
     pairs = read_jsonl(ctx.run.stage_dir(n) / "pairs.jsonl")
-    with gpu_lent(ctx):
-        return train_adapter(ctx.model, previous_dir, pairs, ctx.run.stage_dir(n) / "adapter", st.train, ctx.seed + n,
-                             ctx.trust_remote_code, tensorboard_dir=ctx.run.stage_dir(n) / "tensorboard", progress=f"stage{n} train")
+    with gpu_lent(ctx), tempfile.TemporaryDirectory(prefix="cai-train-") as job:  # its own process: cai/train_process.py
+        return train_in_process(Path(job), ctx.model, previous_dir, pairs, ctx.run.stage_dir(n) / "adapter", st.train,
+                                ctx.seed + n, ctx.trust_remote_code, tensorboard_dir=ctx.run.stage_dir(n) / "tensorboard",
+                                progress=f"stage{n} train")
 
 
 @contextlib.contextmanager
@@ -941,7 +944,7 @@ def bootstrap(args: argparse.Namespace) -> int:
         print(f"expected: about {to_go:.0f} min to go, and the server's start ({total:.0f} min for stage 0's evaluation and "
               f"stages {first}..{last}, at the rates profiles.{profile_name} states)", flush=True)
     with VLLMServer(settings, run.root / "server.log", run.root / "server.pid") as server:
-        ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency,
+        ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency * profile.serve.data_parallel_size,
                       profile.request_timeout_s, seed, profile.trust_remote_code, profile.guard, profile.server_restarts,
                       profile.embedding_model, gpu_count(), args.budget_usd, price)
         surviving_faults(ctx, "stage0", lambda: step(ctx, 0, "evaluate", lambda: evaluate(ctx, stages[1], BASE_NAME)))

@@ -43,6 +43,9 @@ run() {
     python3 -c "import torch, transformers, trl, peft, bitsandbytes, datasets; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'bitsandbytes', bitsandbytes.__version__, 'datasets', datasets.__version__)" | tee -a "$out/device.txt"
     python3 bench/training.py --run "$GPU_DIR/run" --profile gpu --random-layers "${LAYERS:-16}" \
         --tokenizer "$GPU_DIR/tokenizer" --pairs "${PAIRS:-512}" 2>&1 | tee "$out/training.log"
+    # the same through `accelerate launch` on every GPU of the machine, as a stage trains (cai/train_process.py)
+    python3 bench/training.py --run "$GPU_DIR/run" --profile gpu --random-layers "${LAYERS:-16}" \
+        --tokenizer "$GPU_DIR/tokenizer" --pairs "${PAIRS:-512}" --processes "$(nvidia-smi -L | wc -l)" 2>&1 | tee "$out/training-launch.log"
 }
 
 "$@"

@@ -43,6 +43,7 @@ from cai.memory import GIB, ModelShape, shape_from_config, training  # noqa: E40
 from cai.model import EMBEDDED, resolve_model  # noqa: E402
 from cai.store import read_jsonl  # noqa: E402
 from cai.train import chat_length, fitting_pairs, train_adapter  # noqa: E402
+from cai.train_process import train_in_process  # noqa: E402
 
 
 def random_qwen2(shape: ModelShape, layers: int, tokenizer_dir: str, dest: Path) -> Path:
@@ -124,10 +125,16 @@ def plain_trl(model_name: str, pairs: list[dict], settings, seed: int) -> tuple[
     return time.perf_counter() - start, loop
 
 
-def ours(model_name: str, pairs: list[dict], settings, seed: int, out: Path) -> tuple[float, float]:
-    """`train_adapter` as a stage calls it: seconds in all (loading and saving included) and of the training loop."""
+def ours(model_name: str, pairs: list[dict], settings, seed: int, out: Path, launch: bool = False) -> tuple[float, float]:
+    """`train_adapter` in this process, or with `launch` as a stage calls it (`accelerate launch` on
+    `train.processes` processes, cai/train_process.py): seconds in all (loading and saving included)
+    and of the training loop."""
     start = time.perf_counter()
-    stats = train_adapter(model_name, None, pairs, out, settings, seed)
+    if launch:
+        with tempfile.TemporaryDirectory(prefix="cai-bench-job-") as job:
+            stats = train_in_process(Path(job), model_name, None, pairs, out, settings, seed)
+    else:
+        stats = train_adapter(model_name, None, pairs, out, settings, seed)
     seconds = time.perf_counter() - start
     if "diverged" in stats:
         sys.exit(f"ours: training diverged ({stats['diverged']}): no rate to compare")
@@ -149,10 +156,14 @@ def main() -> None:
                    help="train a random Qwen2 model of the profile's gpu.model_shape at N layers (see above)")
     p.add_argument("--shape-of", default="gpu", help="with --random-layers: the profile whose gpu.model_shape to build")
     p.add_argument("--tokenizer", help="with --random-layers: whose tokenizer (default: the embedded model's)")
+    p.add_argument("--processes", type=int, help="ours through `accelerate launch` on N processes (one a GPU), the "
+                   "per-process batch divided by N so that the global batch stays")
     args = p.parse_args()
     curriculum, _ = load_curriculum(args.curriculum)
     profile = curriculum.profiles[args.profile]
     settings = resolve_stage(curriculum, profile, args.stage).train
+    if args.processes:
+        settings = settings.model_copy(update={"processes": args.processes, "batch_size": max(1, settings.batch_size // args.processes)})
     import torch
     from transformers import AutoTokenizer
 
@@ -182,7 +193,7 @@ def main() -> None:
     peaks = {}
     peak_gib()
     for _ in range(args.repeat):
-        times["ours"].append(ours(model, pairs, settings, args.seed, scratch / "adapter"))
+        times["ours"].append(ours(model, pairs, settings, args.seed, scratch / "adapter", launch=bool(args.processes)))
         peaks["ours"] = peak_gib()
         times["plain TRL"].append(plain_trl(model, pairs, settings, args.seed))
         peaks["plain TRL"] = peak_gib()

@@ -5,7 +5,7 @@ and plan, which reads only the config (and a run, for measured throughputs).
     python bootstrap.py report  --run NAME
     python bootstrap.py export  --run NAME [--out DIR]
     python bootstrap.py verify  --run NAME
-    python bootstrap.py plan    [--profile gpu] [--run NAME] [--gpu-price-per-hour P]
+    python bootstrap.py plan    [--profile gpu] [--run NAME] [--gpu-price-per-hour P] [--gpus N --nodes M --gpu KIND]
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ def plan(argv: list[str]) -> int:
     p.add_argument("--curriculum", type=Path, default=ROOT / "curriculum.yaml")
     p.add_argument("--run", metavar="NAME", help="take throughputs measured in this run instead of the stated ones")
     p.add_argument("--gpu-price-per-hour", type=float, help="USD per GPU-hour (default: the profile's)")
+    p.add_argument("--gpus", type=int, metavar="N", help="also plan for N GPUs a node (beside 1 x A100, 8 x H100, 2 x 8 x H100)")
+    p.add_argument("--nodes", type=int, default=1, metavar="M", help="... on M nodes (default 1)")
+    p.add_argument("--gpu", choices=sorted(budget.GPU_KINDS), default="h100-80gb", help="... of this kind (default h100-80gb)")
     args = p.parse_args(argv)
     curriculum, _ = load_curriculum(args.curriculum)
     profile = curriculum.profiles.get(args.profile)
@@ -125,10 +128,22 @@ def plan(argv: list[str]) -> int:
         jobs = memory.plan(profile, stages, profile.model, profile.guard.model, profile.gpu.memory_gib)
     except ValueError as e:
         raise ConfigError(f"{args.curriculum}: profiles.{args.profile}.gpu: {e}") from None
-    print(f"\nMemory on one {profile.gpu.memory_gib:.0f} GiB GPU, one job at a time:")
+    print(f"\nMemory on each {profile.gpu.memory_gib:.0f} GiB GPU, one job at a time:")
     for job in jobs:
         print(f"- {job.line()}" + ("" if job.fits else f"\n  to fit: {memory.advice(job)}"))
-    return 0 if all(j.fits for j in jobs) else 1
+    placed, where = memory.placement(profile.serve.gpus, max(st.train.processes for st in stages.values()), profile.gpu.gpus_per_node * profile.gpu.nodes,
+                                     profile.serve.sleep_while_training)
+    print(f"- placement: {where}")
+
+    layouts = list(budget.STANDARD_LAYOUTS)
+    if args.gpus:
+        layouts.append(budget.Layout(budget.GPU_KINDS[args.gpu], args.gpus, args.nodes))
+    measured_on = budget.measured_gpus(existing_run(args.run).manifest) if args.run else 1
+    rows = budget.layout_rows(stages, profile.gpu.seconds_per_stage, speed, layouts, lambda layout: memory.fit_layout(
+        profile, stages, profile.model, layout.kind.memory_gib, layout.gpus_per_node, layout.gpus), args.gpu_price_per_hour, measured_on)
+    print(f"\nThe six stages on more GPUs ({speed.source}; scaling as cai/budget.py states it, not measured here):\n")
+    print(budget.render_layouts(rows))
+    return 0 if all(j.fits for j in jobs) and placed else 1
 
 
 def existing_run(name: str) -> Run:

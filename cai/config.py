@@ -102,6 +102,17 @@ class TrainSettings(Strict):
     backend: Literal["trl", "unsloth"] = "trl"  # unsloth: its FastLanguageModel under TRL's trainer (GPU only, pip install -e .[unsloth])
     min_pairs: int = Field(1, ge=1)  # with fewer pairs than this the stage is not trained: the policy stays
     max_loss: float = Field(10.0, gt=0)  # a loss above this (or NaN) stops training: the stage keeps the previous adapter
+    # Training runs as its own process through `accelerate launch` (cai/train_process.py): this many
+    # processes, one a GPU (batch_size is per process: the global batch is batch_size x processes x grad_accum)
+    processes: int = Field(1, ge=1)
+    sharding: Literal["none", "fsdp", "zero3"] = "none"  # none: each process holds the model (DDP); fsdp, zero3: sharded over them
+    accelerate_config: str | None = None  # the user's Accelerate / DeepSpeed config file, passed to `accelerate launch --config_file`
+
+    @model_validator(mode="after")
+    def _one_process_for_unsloth(self):
+        if self.backend == "unsloth" and (self.processes > 1 or self.sharding != "none"):
+            raise ValueError("backend 'unsloth' trains on one GPU: set processes 1 and sharding none, or backend trl")
+        return self
 
 
 class Sampling(Strict):
@@ -250,6 +261,16 @@ class ServeConfig(Strict):
     startup_timeout_s: float = Field(600, gt=0)
     extra_args: list[str] = []  # more of vLLM's own flags, as its command line takes them
     env: dict[str, str] = {}  # environment variables for the server (vLLM reads many settings from them)
+    # vLLM's own parallelism (its --tensor-parallel-size, --pipeline-parallel-size, --data-parallel-size):
+    # a replica spans tensor x pipeline GPUs, data replicas side by side; `concurrency` is per replica
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    distributed_executor_backend: Literal["mp", "ray"] | None = None  # ray: over the nodes of the user's Ray cluster
+
+    @property
+    def gpus(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
 
 
 class GuardSettings(Strict):
@@ -294,6 +315,8 @@ class GPUPlan(Speed):
     """What the memory plan and the cost plan assume of the GPU machine (`python bootstrap.py plan`)."""
 
     memory_gib: float = Field(80, gt=0)  # per GPU; the real card's is used where CUDA is present
+    gpus_per_node: int = Field(1, ge=1)  # the machine the run holds: every GPU counts in its GPU-hours
+    nodes: int = Field(1, ge=1)
     host_memory_gib: float = Field(128, gt=0)  # a sleeping server's weights go here
     price_per_hour: float = Field(1.8, ge=0)  # USD per GPU-hour; --gpu-price-per-hour overrides
     model_shape: ModelShapeConfig | None = None  # needed where the model is a hub name not on disk

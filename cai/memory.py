@@ -1,11 +1,18 @@
-"""The memory plan for one GPU, checked before anything runs.
+"""The memory plan, per GPU, checked before anything runs.
 
-One GPU does three jobs in turn: the policy server (weights at the chosen precision
+On one GPU, the GPU does three jobs in turn: the policy server (weights at the chosen precision
 plus its KV cache), training (weights at the training precision, the LoRA and its
 optimizer state, activations), and the guard's server. While training runs, the policy
 server sleeps (level 1: weights to host memory, KV cache freed) or stops; the guard's
 server runs while the policy sleeps. So each job must fit on its own, and a sleeping
 server's weights must fit in host memory.
+
+On several, a policy replica spans `tensor_parallel_size x pipeline_parallel_size` GPUs (each
+holds its share of the weights and of the KV cache; KV heads are replicated where there are fewer
+than tensor-parallel ranks), and training runs as `train.processes` processes, one a GPU: each holds
+the whole model (`sharding: none`, DDP) or its share of the weights and the optimizer state
+(`fsdp`, `zero3`), plus one layer gathered at a time. `placement` says whether serving and
+training take turns on the same GPUs (the server sleeps) or run side by side on their own.
 
 The figures are estimates from the model's shape, calibrated on one measured run
 (DESIGN.md, "The GPU profile, one run on an H200": Qwen2.5-32B's shape, bf16 weights
@@ -99,33 +106,45 @@ class Job:
 
 
 def serving(shape: ModelShape, quantization: str, gpu_gib: float, utilization: float, max_model_len: int,
-            sequences: int, tokens_per_sequence: int, name: str = "policy server") -> Job:
-    """Weights at the serving precision + a KV cache that holds one full-length sequence (vLLM
-    refuses to start otherwise), within vLLM's share of the GPU; the note says how many of
-    the `sequences` requests in flight (of `tokens_per_sequence` each) the rest holds."""
+            sequences: int, tokens_per_sequence: int, name: str = "policy server", tensor_parallel: int = 1,
+            pipeline_parallel: int = 1) -> Job:
+    """On each GPU of a replica: its share of the weights at the serving precision + of a KV cache
+    that holds one full-length sequence (vLLM refuses to start otherwise), within vLLM's share of
+    the GPU; the note says how many of the replica's `sequences` requests in flight (of
+    `tokens_per_sequence` each) the rest holds."""
+    split = tensor_parallel * pipeline_parallel
     embed_bytes = 2.0  # vLLM keeps embeddings and head in the model's dtype
-    weights = (shape.linear_params * SERVE_BYTES[quantization] + shape.embedding_params * embed_bytes) / GIB
-    kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * 2 / GIB  # K and V, bf16
+    weights = (shape.linear_params * SERVE_BYTES[quantization] + shape.embedding_params * embed_bytes) / GIB / split
+    kv_heads = max(1.0, shape.kv_heads / tensor_parallel)  # fewer KV heads than ranks: each rank keeps a copy
+    kv_per_token = 2 * (shape.layers / pipeline_parallel) * kv_heads * shape.head_dim * 2 / GIB  # K and V, bf16
     limit = gpu_gib * utilization
     held = int(max(0.0, limit - weights - SERVER_OVERHEAD_GIB) / kv_per_token)
     in_flight = min(sequences, held // max(1, tokens_per_sequence))
     note = f"KV cache for {held:,} tokens: {in_flight} of {sequences} requests in flight"
+    if split > 1:
+        name += f" (each of {split} GPUs: tensor {tensor_parallel} x pipeline {pipeline_parallel})"
     return Job(name, {"weights": weights, "kv cache (one full sequence)": max_model_len * kv_per_token,
                       "overhead": SERVER_OVERHEAD_GIB}, limit, note)
 
 
 def training(shape: ModelShape, quantization: str, gpu_gib: float, batch_pairs: int, max_length: int, lora_r: int,
-             gradient_checkpointing: bool) -> Job:
-    """The training peak: weights + LoRA with Adam's state + activations for a DPO batch
-    (chosen and rejected: 2 sequences a pair)."""
+             gradient_checkpointing: bool, processes: int = 1, sharding: str = "none") -> Job:
+    """The training peak on each process's GPU: weights + LoRA with Adam's state (both divided over
+    the processes where they are sharded, with one layer gathered at a time) + activations for its
+    DPO batch of `batch_pairs` (chosen and rejected: 2 sequences a pair)."""
+    shards = processes if sharding != "none" else 1
     embed_bytes = 4.0 if quantization == "nf4" else 2.0  # QLoRA keeps embeddings and head in float32 (measured)
-    weights = (shape.linear_params * TRAIN_BYTES[quantization] + shape.embedding_params * embed_bytes) / GIB
-    lora = shape.lora_params(lora_r) * (4 + 4 + 8) / GIB  # float32 weights, gradients, Adam's two moments
+    linear = shape.linear_params * TRAIN_BYTES[quantization] / GIB
+    weights = (linear + shape.embedding_params * embed_bytes / GIB) / shards
+    lora = shape.lora_params(lora_r) * (4 + 4 + 8) / GIB / shards  # float32 weights, gradients, Adam's two moments
     factor = ACTIVATION_FACTOR if gradient_checkpointing else ACTIVATION_FACTOR_NO_CHECKPOINTING
     tokens = 2 * batch_pairs * max_length
     activations = tokens * factor * shape.layers * shape.hidden * 2 / GIB
-    return Job("training", {"weights": weights, "lora + optimizer": lora, "activations": activations,
-                            "overhead": TRAIN_OVERHEAD_GIB}, gpu_gib)
+    parts = {"weights": weights, "lora + optimizer": lora, "activations": activations}
+    if shards > 1:
+        parts["gathered layer"] = linear / shape.layers
+    name = "training" + (f" (each of {processes} processes, {sharding})" if processes > 1 else "")
+    return Job(name, {**parts, "overhead": TRAIN_OVERHEAD_GIB}, gpu_gib)
 
 
 def host_for_sleep(serve: Job, host_gib: float) -> Job:
@@ -135,12 +154,14 @@ def host_for_sleep(serve: Job, host_gib: float) -> Job:
 
 def advice(job: Job) -> str:
     """What to change when a job does not fit."""
-    if job.name == "training":
+    if job.name.startswith("training"):
         return ("train with `train.quantization: nf4` (QLoRA), `train.gradient_checkpointing: true`, "
-                "a smaller `train.batch_size` (with `grad_accum` to keep the pairs per step) or `train.max_length`")
+                "a smaller `train.batch_size` (with `grad_accum` to keep the pairs per step) or `train.max_length`, "
+                "or shard the model over more GPUs (`train.processes` with `train.sharding: fsdp` or `zero3`)")
     if job.name.startswith("host"):
         return "stop the server while training instead of sleeping it (`serve.sleep: false`), or use a machine with more host memory"
-    return ("serve at a lower precision (`serve.quantization: fp8` or `bitsandbytes`), raise `serve.gpu_memory_utilization`, "
+    return ("split the model over more GPUs (`serve.tensor_parallel_size`, then `pipeline_parallel_size` across nodes), "
+            "serve at a lower precision (`serve.quantization: fp8` or `bitsandbytes`), raise `serve.gpu_memory_utilization`, "
             "or lower `concurrency` or `serve.max_model_len`")
 
 
@@ -162,12 +183,13 @@ def plan(profile, stages: dict, model: str, guard_model: str | None, gpu_gib: fl
     serve = profile.serve
     longest = max(max(st.generation.respond.max_tokens, st.generation.revise.max_tokens) for st in stages.values())
     policy = serving(shape_of(model, gpu.model_shape), serve.quantization, gpu_gib, serve.gpu_memory_utilization,
-                     serve.max_model_len, profile.concurrency, 512 + longest)
+                     serve.max_model_len, profile.concurrency, 512 + longest, tensor_parallel=serve.tensor_parallel_size,
+                     pipeline_parallel=serve.pipeline_parallel_size)
     beside = gpu_gib if serve.sleep_while_training else gpu_gib * (1 - serve.gpu_memory_utilization)
     worst = max((st.train for st in stages.values()),
                 key=lambda t: (t.quantization == "none", t.batch_size * t.max_length, not t.gradient_checkpointing))
     train = training(shape_of(model, gpu.model_shape), worst.quantization, beside, worst.batch_size, worst.max_length,
-                     worst.lora_r, worst.gradient_checkpointing)
+                     worst.lora_r, worst.gradient_checkpointing, worst.processes, worst.sharding)
     jobs = [policy, train]
     if profile.guard.mode == "llama-guard" and guard_model:
         g = profile.guard.serve
@@ -176,3 +198,46 @@ def plan(profile, stages: dict, model: str, guard_model: str | None, gpu_gib: fl
     if serve.sleep_while_training:
         jobs.append(host_for_sleep(policy, gpu.host_memory_gib))
     return jobs
+
+
+def placement(serve_gpus: int, train_processes: int, gpus: int, take_turns: bool) -> tuple[bool, str]:
+    """Which GPUs serve and which train: taking turns (the server sleeps while training), both may use
+    every GPU; side by side, each needs its own."""
+    if take_turns:
+        need = max(serve_gpus, train_processes)
+        how = f"serving on {serve_gpus} and training on {train_processes} of {gpus} GPUs, in turns (the server sleeps while training)"
+    else:
+        need = serve_gpus + train_processes
+        how = f"serving on {serve_gpus} and training on {train_processes} other GPUs, side by side: {need} of {gpus}"
+    if need > gpus:
+        return False, how + f": DOES NOT FIT; lower the parallel sizes or `train.processes`, or use {need} GPUs"
+    return True, how + ": ok"
+
+
+def fit_layout(profile, stages: dict, model: str, gpu_gib: float, gpus_per_node: int, gpus: int) -> dict:
+    """For `gpus` GPUs of `gpu_gib` each (`gpus_per_node` a machine): the smallest tensor-parallel size
+    within a node whose policy replica fits, the rest as data-parallel replicas over every node;
+    training on every GPU of one machine (the controller launches it there: cai/train_process.py),
+    unsharded where the whole model fits beside its activations, else sharded (FSDP). Taking turns
+    as the profile does (the server sleeps while training)."""
+    shape = shape_of(model, profile.gpu.model_shape)
+    serve = profile.serve
+    longest = max(max(st.generation.respond.max_tokens, st.generation.revise.max_tokens) for st in stages.values())
+    worst = max((st.train for st in stages.values()), key=lambda t: (t.quantization == "none", t.batch_size * t.max_length))
+    tp = 1
+    while True:
+        policy = serving(shape, serve.quantization, gpu_gib, serve.gpu_memory_utilization, serve.max_model_len,
+                         profile.concurrency, 512 + longest, tensor_parallel=tp)
+        if policy.fits or tp * 2 > gpus_per_node:
+            break
+        tp *= 2
+    processes = gpus_per_node
+    train = training(shape, worst.quantization, gpu_gib, worst.batch_size, worst.max_length, worst.lora_r,
+                     worst.gradient_checkpointing, processes, "none")
+    sharding = "none"
+    if not train.fits and processes > 1:
+        sharding = "fsdp"
+        train = training(shape, worst.quantization, gpu_gib, worst.batch_size, worst.max_length, worst.lora_r,
+                         worst.gradient_checkpointing, processes, sharding)
+    return {"tensor_parallel": tp, "replicas": gpus // tp, "processes": processes, "sharding": sharding,
+            "jobs": [policy, train], "fits": policy.fits and train.fits}

@@ -60,6 +60,10 @@ class ServeSettings:
     trust_remote_code: bool = False
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # mp | ray (vLLM's choice where None)
 
     def __post_init__(self):
         if self.swap not in SWAPS:
@@ -94,6 +98,13 @@ def command_line(settings: ServeSettings, port: int, api_key: str) -> list[str]:
         cmd += ["--enable-lora", "--max-lora-rank", str(settings.max_lora_rank), "--max-loras", "2", "--max-cpu-loras", "3"]
     if settings.trust_remote_code:
         cmd.append("--trust-remote-code")
+    for flag, size in (("--tensor-parallel-size", settings.tensor_parallel_size),
+                       ("--pipeline-parallel-size", settings.pipeline_parallel_size),
+                       ("--data-parallel-size", settings.data_parallel_size)):
+        if size > 1:
+            cmd += [flag, str(size)]
+    if settings.distributed_executor_backend:
+        cmd += ["--distributed-executor-backend", settings.distributed_executor_backend]
     return cmd + list(settings.extra_args)
 
 

@@ -84,11 +84,14 @@ def train_adapter(
     `out_dir` atomically. Returns training stats for the manifest. The training curves go
     to `tensorboard_dir` (TRL's `report_to` TensorBoard), `progress` names the progress line."""
     import torch
+    from accelerate import PartialState
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
+    # under `accelerate launch` (cai/train_process.py), one of N processes; without CUDA they join over gloo
+    main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
     if settings.backend != "trl" and not torch.cuda.is_available():
         raise TrainingError(f"train: backend {settings.backend!r} needs a CUDA GPU; on the CPU use train.backend: trl")
     dtype = torch.bfloat16 if settings.bf16 else torch.float32
@@ -134,7 +137,7 @@ def train_adapter(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    if tensorboard_dir:  # a training cut short is redone whole: its old curves go with it
+    if tensorboard_dir and main:  # a training cut short is redone whole: its old curves go with it
         shutil.rmtree(tensorboard_dir, ignore_errors=True)
     # transformers' TensorBoard callback reads its folder from this variable when the trainer is made
     with scoped_env(TENSORBOARD_LOGGING_DIR=str(tensorboard_dir) if tensorboard_dir else None):
@@ -165,12 +168,18 @@ def train_adapter(
                 "steps": trainer.state.global_step, "pairs_used": len(rows)}
 
     tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    # Only the policy adapter: TRL's frozen "ref" copy is not part of the result.
-    trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if settings.sharding != "none":  # every process takes part: the trainer gathers the shards, the main one writes
+        trainer.save_model(str(tmp))
+    elif main:  # only the policy adapter: TRL's frozen "ref" copy is not part of the result
+        trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
+    if main:
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    trainer.accelerator.wait_for_everyone()
     shutil.rmtree(work, ignore_errors=True)
     rewards = [h.get("rewards/accuracies") for h in trainer.state.log_history if "rewards/accuracies" in h]
     tokens = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)
@@ -238,9 +247,15 @@ def quantized_loading(settings: TrainSettings) -> dict:
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise TrainingError("train: quantization 'nf4' needs bitsandbytes (pip install -e .[gpu]), which is not installed")
+    if settings.sharding == "fsdp":
+        # FSDP shards tensors of one dtype: the 4-bit weights stored as bf16 (bitsandbytes' quant_storage),
+        # loaded without a device map so that FSDP places the shards (PEFT's FSDP + QLoRA guide)
+        return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                                          bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)}
+    rank = int(os.environ.get("LOCAL_RANK", 0))  # each of `accelerate launch`'s processes on its own GPU
     return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                                       bnb_4bit_compute_dtype=torch.bfloat16),
-            "device_map": {"": 0 if torch.cuda.is_available() else "cpu"}}
+            "device_map": {"": rank if torch.cuda.is_available() else "cpu"}}
 
 
 def prepare_for_qlora(model, gradient_checkpointing: bool):

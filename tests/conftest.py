@@ -20,6 +20,41 @@ def scripted_server():
                            request_name=lambda name: name)
 
 
+class ScriptedHTTP:
+    """The plumbing of a scripted HTTP server standing in for vLLM's endpoints (tests/test_sleep.py,
+    tests/test_swap.py): subclasses answer; `serving(handler, settings, tmp)` runs one for a VLLMServer."""
+
+    def _answer(self, body: dict, status: int = 200):
+        import json
+
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def scripted_vllm(handler, settings, tmp_path):
+    """A VLLMServer whose port is `handler`'s scripted server, running until the generator is closed."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from cai.serve import VLLMServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    server = VLLMServer(settings, tmp_path / "log", tmp_path / "pid")
+    server.port = httpd.server_address[1]
+    try:
+        yield server
+    finally:
+        httpd.shutdown()
+
+
 @pytest.fixture
 def ctx(tmp_path):
     """A Context for step functions: a fresh run folder, no server (tests script the LM)."""

@@ -3,30 +3,22 @@ adapters and answers a fixed-seed probe. vLLM's sleep mode is GPU-only, so a scr
 server stands in for vLLM's endpoints here; what is tested is our side of the exchange."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 
 import pytest
 
 import bootstrap
-from cai.serve import ServeSettings, ServerError, VLLMServer
+from cai.serve import ServeSettings, ServerError
+from conftest import ScriptedHTTP, scripted_vllm
 
 
-class ScriptedVLLM(BaseHTTPRequestHandler):
+class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
     """Answers /sleep, /wake_up and the /v1 calls a wake makes, and logs each request."""
 
     log: list = []
     wake_status = "awake"
     models = ["stage0"]
-
-    def _answer(self, body: dict, status: int = 200):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self):
         self.log.append(("GET", self.path, self.headers.get("Authorization")))
@@ -47,20 +39,13 @@ class ScriptedVLLM(BaseHTTPRequestHandler):
             return self._answer({})
         return self._answer({"choices": [{"message": {"content": "Hello."}}]})
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
 def scripted(tmp_path):
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedVLLM)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     ScriptedVLLM.log, ScriptedVLLM.wake_status, ScriptedVLLM.models = [], "awake", ["stage0", "stage1"]
-    server = VLLMServer(ServeSettings(model="m", sleep_while_training=True), tmp_path / "log", tmp_path / "pid")
-    server.port = httpd.server_address[1]
-    server.adapters = {"stage1": str(tmp_path / "stage1" / "adapter")}
-    yield server, SimpleNamespace(server=server, seed=7)
-    httpd.shutdown()
+    for server in scripted_vllm(ScriptedVLLM, ServeSettings(model="m", sleep_while_training=True), tmp_path):
+        server.adapters = {"stage1": str(tmp_path / "stage1" / "adapter")}
+        yield server, SimpleNamespace(server=server, seed=7)
 
 
 def test_the_server_sleeps_while_training_then_wakes_with_its_adapters_and_a_probe(scripted):

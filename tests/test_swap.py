@@ -3,26 +3,18 @@ with vLLM (a scripted HTTP server answers as vLLM 0.32's /collective_rpc and /re
 read in its entrypoints/serve/dev/; the real exchange runs in tests/test_server.py)."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 import bootstrap
 from cai.serve import BASE_NAME, MERGED_NAME, ServeSettings, ServerError, VLLMServer, command_line
+from conftest import ScriptedHTTP, scripted_vllm
 
 
-class ScriptedVLLM(BaseHTTPRequestHandler):
+class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
     log: list = []
     busy_resets = 0  # /reset_prefix_cache answers success false this many times first (blocks still held)
-
-    def _answer(self, body: dict, status: int = 200):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
@@ -34,19 +26,11 @@ class ScriptedVLLM(BaseHTTPRequestHandler):
             return self._answer({"success": ScriptedVLLM.busy_resets < 0})
         return self._answer({"choices": [{"message": {"content": "Hello."}}]})
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
 def merged_server(tmp_path):
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedVLLM)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     ScriptedVLLM.log, ScriptedVLLM.busy_resets = [], 0
-    server = VLLMServer(ServeSettings(model="/models/base", swap="merged"), tmp_path / "log", tmp_path / "pid")
-    server.port = httpd.server_address[1]
-    yield server
-    httpd.shutdown()
+    yield from scripted_vllm(ScriptedVLLM, ServeSettings(model="/models/base", swap="merged"), tmp_path)
 
 
 def test_merged_serves_one_name_without_lora_and_lora_each_adapter_by_its_own():

@@ -1,0 +1,199 @@
+"""More than one GPU: vLLM's parallel flags, the memory plan per GPU, the plan's arithmetic for
+several GPUs and nodes, and training through `accelerate launch` (two CPU processes over gloo)."""
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from cai import budget, memory
+from cai.config import ModelShapeConfig, TrainSettings, load_curriculum, resolve_stage
+from cai.model import EMBEDDED, resolve_model
+from cai.serve import ServeSettings, command_line
+from cai.train import TrainingError
+from cai.train_process import launch_command, train_in_process
+
+ROOT = Path(__file__).resolve().parent.parent
+QWEN_32B = memory.ModelShape(32.76, 64, 5120, 8, 128, 152064, 27648)
+QWEN_72B = memory.ModelShape(72.71, 80, 8192, 8, 128, 152064, 29568)
+
+
+def flags(cmd: list[str], name: str) -> str | None:
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+@pytest.mark.parametrize("tp,pp,dp,backend", [(1, 1, 1, None), (4, 1, 1, None), (2, 2, 1, None), (1, 1, 8, None), (8, 2, 1, "ray")])
+def test_the_server_gets_vllms_own_parallel_flags(tp, pp, dp, backend):
+    cmd = command_line(ServeSettings(model="m", tensor_parallel_size=tp, pipeline_parallel_size=pp, data_parallel_size=dp,
+                                     distributed_executor_backend=backend), 8000, "k")
+    assert flags(cmd, "--tensor-parallel-size") == (str(tp) if tp > 1 else None)
+    assert flags(cmd, "--pipeline-parallel-size") == (str(pp) if pp > 1 else None)
+    assert flags(cmd, "--data-parallel-size") == (str(dp) if dp > 1 else None)
+    assert flags(cmd, "--distributed-executor-backend") == backend
+    assert flags(cmd, "--host") == "127.0.0.1" and flags(cmd, "--api-key") == "k"
+
+
+def serve_job(shape, tp=1, pp=1):
+    return memory.serving(shape, "fp8", 80, 0.85, 4096, 64, 1024, tensor_parallel=tp, pipeline_parallel=pp)
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8])
+def test_serving_weights_and_kv_cache_divide_over_tensor_parallel_ranks(gpus):
+    for shape in (QWEN_32B, QWEN_72B):
+        one, split = serve_job(shape), serve_job(shape, tp=gpus)
+        assert split.parts["weights"] == pytest.approx(one.parts["weights"] / gpus)
+        # 8 KV heads: up to 8 ranks each keep 8 / tp of them
+        assert split.parts["kv cache (one full sequence)"] == pytest.approx(one.parts["kv cache (one full sequence)"] / gpus)
+    # pipeline stages split the layers, and so the KV cache, too
+    assert serve_job(QWEN_72B, tp=2, pp=2).parts["weights"] == pytest.approx(serve_job(QWEN_72B).parts["weights"] / 4)
+
+
+def test_kv_heads_are_replicated_past_their_number():
+    few = memory.ModelShape(8.0, 32, 4096, 2, 128, 128256, 14336)
+    assert serve_job(few, tp=8).parts["kv cache (one full sequence)"] == pytest.approx(
+        serve_job(few).parts["kv cache (one full sequence)"] / 2)
+
+
+def test_which_qwen_fits_where():
+    """fp8 at 85% of 80 GB: the 32B on one GPU, the 72B (69 GiB of weights) from two."""
+    assert serve_job(QWEN_32B).fits
+    assert not serve_job(QWEN_72B).fits and serve_job(QWEN_72B, tp=2).fits
+    # QLoRA training, 8 pairs of 512 tokens with checkpointing: the 32B on one GPU; the 72B
+    # only with its weights sharded over the processes
+    def train(shape, processes, sharding):
+        return memory.training(shape, "nf4", 80, 8, 512, 16, True, processes, sharding)
+
+    assert train(QWEN_32B, 1, "none").fits
+    assert not train(QWEN_72B, 1, "none").fits and not train(QWEN_72B, 8, "none").fits
+    for gpus in (2, 4, 8):
+        sharded = train(QWEN_72B, gpus, "fsdp")
+        assert sharded.parts["weights"] == pytest.approx(train(QWEN_72B, 1, "none").parts["weights"] / gpus)
+        assert "gathered layer" in sharded.parts
+    assert train(QWEN_72B, 2, "fsdp").fits  # 24.8 GiB of weights a GPU beside 39 of activations
+
+
+def gpu_profile(shape=None):
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    profile = cur.profiles["gpu"]
+    if shape is not None:
+        profile = profile.model_copy(update={"gpu": profile.gpu.model_copy(update={"model_shape": ModelShapeConfig(**shape.__dict__)})})
+    return profile, {n: resolve_stage(cur, profile, n) for n in range(1, 7)}
+
+
+def test_the_layout_for_each_machine_is_the_smallest_split_that_fits():
+    for shape, tp in ((QWEN_32B, 1), (QWEN_72B, 2)):
+        profile, stages = gpu_profile(shape)
+        layout = memory.fit_layout(profile, stages, profile.model, 80, 8, 16)  # two nodes: serving on both, training on one
+        assert layout["tensor_parallel"] == tp and layout["replicas"] == 16 // tp and layout["processes"] == 8
+    profile, stages = gpu_profile(QWEN_72B)
+    assert memory.fit_layout(profile, stages, profile.model, 80, 8, 8)["sharding"] == "fsdp"
+    assert memory.fit_layout(*gpu_profile(QWEN_32B), "m", 80, 1, 1)["sharding"] == "none"
+
+
+def test_placement_in_turns_or_side_by_side():
+    assert memory.placement(8, 8, 8, take_turns=True)[0]
+    assert not memory.placement(8, 8, 8, take_turns=False)[0]
+    ok, line = memory.placement(4, 4, 8, take_turns=False)
+    assert ok and "side by side: 8 of 8" in line
+
+
+def test_the_plans_arithmetic_for_several_gpus_and_nodes():
+    profile, stages = gpu_profile(QWEN_32B)
+    speed = budget.Throughput.stated(profile.gpu)
+    a100, h100 = budget.GPU_KINDS["a100-80gb"], budget.GPU_KINDS["h100-80gb"]
+    one = budget.scaled(speed, budget.Layout(a100, 1), 1, 1, "none")
+    assert one.seconds_per_generated_token == speed.seconds_per_generated_token
+    node = budget.scaled(speed, budget.Layout(h100, 8), 1, 8, "none")
+    assert speed.seconds_per_generated_token / node.seconds_per_generated_token == pytest.approx(8 * h100.generate)
+    assert speed.seconds_per_train_token / node.seconds_per_train_token == pytest.approx(8 * h100.train * 0.95)
+    two = budget.scaled(speed, budget.Layout(h100, 8, 2), 1, 8, "none")
+    assert speed.seconds_per_generated_token / two.seconds_per_generated_token == pytest.approx(16 * h100.generate)
+    assert two.seconds_per_train_token == pytest.approx(node.seconds_per_train_token)  # training on one machine's 8
+    tp2 = budget.scaled(speed, budget.Layout(h100, 8), 2, 8, "fsdp")
+    assert speed.seconds_per_generated_token / tp2.seconds_per_generated_token == pytest.approx(4 * 2 * 0.85 * h100.generate)
+    assert speed.seconds_per_train_token / tp2.seconds_per_train_token == pytest.approx(8 * h100.train * 0.85)
+
+    def fit(layout):
+        return memory.fit_layout(profile, stages, profile.model, layout.kind.memory_gib, layout.gpus_per_node, layout.gpus)
+
+    rows = budget.layout_rows(stages, profile.gpu.seconds_per_stage, speed, budget.STANDARD_LAYOUTS, fit, None)
+    single = sum(r["hours"] for r in budget.plan_rows(stages, profile.gpu, speed, 1.0))
+    assert rows[0]["hours"] == pytest.approx(single)  # one A100: the plan as before
+    for r in rows:
+        assert r["gpu_hours"] == pytest.approx(r["hours"] * r["gpus"]) and r["usd"] == pytest.approx(r["gpu_hours"] * r["price"])
+    assert rows[0]["hours"] > rows[1]["hours"] > rows[2]["hours"]  # more GPUs, less wall time ...
+    assert rows[2]["hours"] > profile.gpu.seconds_per_stage * 6 / 3600  # ... never under the fixed cost of the stages
+    assert budget.measured_gpus({"stages": {"stage1": {"steps": {"a": {"seconds": 3600, "gpu_hours": 8.0}}}}}) == 8
+
+
+def test_plan_prints_the_three_machines(capsys):
+    from cai.commands import plan
+
+    plan(["--gpus", "4", "--nodes", "1", "--gpu", "a100-80gb"])
+    out = capsys.readouterr().out
+    for label in ("| 1 x A100 80 GB |", "| 8 x H100 80 GB |", "| 2 nodes of 8 x H100 80 GB |", "| 4 x A100 80 GB |"):
+        assert label in out
+    assert "placement: serving on 1 and training on 1 of 1 GPUs, in turns" in out
+
+
+def test_the_launch_command_for_each_setting(tmp_path):
+    one = launch_command(tmp_path, TrainSettings())
+    assert one[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and flags(one, "--num_processes") == "1"
+    assert "--multi_gpu" not in one and one[-3:] == ["-m", "cai.train_process", str(tmp_path)]
+    assert "--multi_gpu" in launch_command(tmp_path, TrainSettings(processes=2))
+    fsdp = launch_command(tmp_path, TrainSettings(processes=8, sharding="fsdp"))
+    assert "--use_fsdp" in fsdp and flags(fsdp, "--fsdp_state_dict_type") == "FULL_STATE_DICT"
+    assert flags(launch_command(tmp_path, TrainSettings(processes=8, sharding="zero3")), "--zero_stage") == "3"
+    mine = launch_command(tmp_path, TrainSettings(processes=8, sharding="zero3", accelerate_config="ds.yaml"))
+    assert flags(mine, "--config_file") == "ds.yaml" and "--use_deepspeed" not in mine and "--num_processes" not in mine
+    with pytest.raises(ValueError, match="unsloth"):
+        TrainSettings(backend="unsloth", processes=2)
+
+
+def pairs(n):
+    return [{"prompt": [{"role": "user", "content": f"Name a colour ({i}). Use no commas."}],
+             "chosen": [{"role": "assistant", "content": "Blue is calm"}],
+             "rejected": [{"role": "assistant", "content": "Blue, green, and red"}]} for i in range(n)]
+
+
+def adapter_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_two_processes_train_the_same_adapter_as_one(tmp_path):
+    """The same 8 pairs, the same global batch (4 = 4 x 1 process = 2 x 2 processes), two steps.
+    Measured here: the adapters' lora_B (zero before training) differ by 8.6e-5 of their norm,
+    against 1.41 for one process with another seed; the losses agree to 4 decimals. (Single
+    elements differ more: Adam's first steps move each weight by about the learning rate whatever
+    its gradient's size, so a gradient near zero flips with the reduction order.)"""
+    model = resolve_model(EMBEDDED, ROOT / "models")
+    runs = {}
+    for processes in (1, 2):
+        settings = TrainSettings(batch_size=4 // processes, max_length=64, learning_rate=1e-3, processes=processes)
+        stats = train_in_process(tmp_path / f"job{processes}", model, None, pairs(8), tmp_path / f"adapter{processes}", settings, seed=0)
+        assert stats["processes"] == processes and stats["steps"] == 2
+        runs[processes] = (stats, adapter_tensors(tmp_path / f"adapter{processes}"))
+    (one_stats, one), (two_stats, two) = runs[1], runs[2]
+    assert one.keys() == two.keys()
+    trained = [k for k in one if "lora_B" in k]
+    norm = sum(float(one[k].pow(2).sum()) for k in trained) ** 0.5
+    assert norm > 1e-3  # training changed the adapter ...
+    apart = sum(float((one[k] - two[k]).pow(2).sum()) for k in trained) ** 0.5
+    assert apart < 1e-3 * norm  # ... and the two ways agree to a thousandth of it
+    assert abs(one_stats["loss_last"] - two_stats["loss_last"]) < 1e-3 and one_stats["loss_last"] < 0.69
+    assert not (tmp_path / "adapter2" / "ref").exists()  # one adapter, saved once
+
+
+def test_a_killed_training_process_is_an_error_naming_the_step(tmp_path, monkeypatch):
+    import cai.train_process as tp
+
+    killer = [sys.executable, "-c", f"import os; os.kill(os.getpid(), {int(signal.SIGKILL)})"]
+    monkeypatch.setattr(tp, "launch_command", lambda job_dir, settings: killer)
+    with pytest.raises(TrainingError, match=r"^train: the training process was killed by signal 9.*re-run the same command"):
+        train_in_process(tmp_path / "job", "m", None, pairs(2), tmp_path / "adapter", TrainSettings(), seed=0)
+    assert not (tmp_path / "adapter").exists()
+    assert json.loads((tmp_path / "job" / "job.json").read_text())["out_dir"] == str(tmp_path / "adapter")
