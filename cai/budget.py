@@ -215,7 +215,7 @@ def render_layouts(rows: list[dict]) -> str:
     lines = ["| GPUs | serving (tensor-parallel x replicas) | training | wall hours | GPU-hours | USD (per GPU-hour) | memory |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['layout']} | {r['tensor_parallel']} x {r['replicas']} | {r['processes']} processes, {r['sharding']} "
+        lines.append(f"| {r['layout']} | {r['tensor_parallel']} x {r['replicas']} | {r['processes']} process{'es' if r['processes'] > 1 else ''}, {r['sharding']} "
                      f"| {r['hours']:.2f} | {r['gpu_hours']:.2f} | {r['usd']:.2f} (${r['price']:.2f}) | {'fits' if r['fits'] else 'DOES NOT FIT'} |")
     return "\n".join(lines)
 

@@ -226,7 +226,7 @@ def merge_adapter(base_model: str, adapter: Path, out_dir: Path, trust_remote_co
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model.save_pretrained(str(tmp), safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(adapter)).save_pretrained(str(tmp))
+    AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code).save_pretrained(str(tmp))  # LoRA leaves it as it was
     (tmp / "MERGED").write_text(json.dumps({"base": base_model, "adapter": str(adapter)}))
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -113,8 +113,11 @@ def test_pairs_train_an_adapter_that_the_next_stage_uses(two_stages):
         assert (run / f"stage{n}" / "adapter" / "adapter_config.json").exists()
         assert (run / f"stage{n}" / "programs" / "propose.json").exists() and "## critique" in (run / f"stage{n}" / "prompts.md").read_text()
         scores = json.loads((run / f"stage{n}" / "eval.json").read_text())
-        for name in ("instruction_following", "harmlessness_refusal", "harmlessness_unsafe", "over_refusal", "win_rate_vs_base"):
+        for name in ("instruction_following", "harmlessness_refusal", "harmlessness_unsafe", "over_refusal"):
             assert set(scores[name]) >= {"score", "low", "high", "n"} and scores[name]["n"] == 4, name
+        # the win rate, where the judge passed its position check; else why not (the 135M judge names "A" in both orders)
+        assert ("win_rate_vs_base" in scores and scores["win_rate_vs_base"]["n"] == 4) or \
+            scores["not_measured"]["win_rate_vs_base"].startswith("not measured: the judge has a position bias of")
         assert scores["relevance"]["n"] == 8 and set(scores["off_topic"]) == {"score", "low", "high", "n"}  # IF + helpfulness answers
     # stage 2's requests went to the adapter that stage 1 trained and swapped in
     assert {r["model"] for r in read_jsonl(run / "stage2" / "responses.jsonl")} == {"stage1"}
