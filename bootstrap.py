@@ -110,6 +110,7 @@ class Context:
     gpus: int = 0  # GPUs this process holds: a step's seconds count as GPU-hours times this
     budget_usd: float | None = None
     gpu_price: float = 0.0  # USD per GPU-hour
+    train_devices: str | None = None  # side by side with the server: training's GPUs (CUDA_VISIBLE_DEVICES)
 
     def endpoint(self, policy: str) -> Endpoint:
         """Requests to `policy` (stage0 or stageN); with a merged swap its weights are put in place now."""
@@ -575,7 +576,7 @@ def train(ctx: Context, st: StageConfig, previous: str) -> dict:
     with gpu_lent(ctx), tempfile.TemporaryDirectory(prefix="cai-train-") as job:  # its own process: cai/train_process.py
         return train_in_process(Path(job), ctx.model, previous_dir, pairs, ctx.run.stage_dir(n) / "adapter", st.train,
                                 ctx.seed + n, ctx.trust_remote_code, tensorboard_dir=ctx.run.stage_dir(n) / "tensorboard",
-                                progress=f"stage{n} train")
+                                progress=f"stage{n} train", devices=ctx.train_devices)
 
 
 @contextlib.contextmanager
@@ -836,6 +837,17 @@ def gpu_count() -> int:
         return 0
 
 
+def gpu_devices(profile, stages: dict) -> tuple[str, str] | None:
+    """Serving and training side by side (no sleep while training) on GPUs of their own: which of
+    this machine's each gets (cai/memory.py, `placement`); None where they use the same ones (in
+    turns, or too few GPUs for both) or where there is no GPU."""
+    if not gpu_count() or profile.serve.sleep_while_training:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(gpu_count())]
+    return memory.split_devices(ids, profile.serve.gpus, max(st.train.processes for st in stages.values()))
+
+
 def check_memory(profile, stages: dict, model: str, where: str) -> None:
     """The memory plan against the GPU (the real card's memory where there is one), before
     anything is written; a job that does not fit is one error naming what to change."""
@@ -937,6 +949,9 @@ def bootstrap(args: argparse.Namespace) -> int:
         raise ConfigError(f"--budget-usd needs a price: --gpu-price-per-hour, or profiles.{profile_name}.gpu.price_per_hour")
     settings = ServeSettings(model=model, seed=seed, trust_remote_code=profile.trust_remote_code,
                              max_lora_rank=max(st.train.lora_r for st in stages.values()), **profile.serve.model_dump())
+    devices = gpu_devices(profile, stages)
+    if devices:
+        settings.env = {**settings.env, "CUDA_VISIBLE_DEVICES": devices[0]}
     print(f"run {run.root}  profile={profile_name} model={profile.model} seed={seed} stages {first}..{last}", flush=True)
     if stated := profile.gpu or profile.speed:  # the steps' work at the profile's stated rates (cai/budget.py)
         to_go, total = budget.expected_minutes(stages, budget.Throughput.stated(stated), stated.seconds_per_stage, run.manifest,
@@ -946,7 +961,7 @@ def bootstrap(args: argparse.Namespace) -> int:
     with VLLMServer(settings, run.root / "server.log", run.root / "server.pid") as server:
         ctx = Context(run, server, constitution, model, profile.adapter, profile.concurrency * profile.serve.data_parallel_size,
                       profile.request_timeout_s, seed, profile.trust_remote_code, profile.guard, profile.server_restarts,
-                      profile.embedding_model, gpu_count(), args.budget_usd, price)
+                      profile.embedding_model, gpu_count(), args.budget_usd, price, devices[1] if devices else None)
         surviving_faults(ctx, "stage0", lambda: step(ctx, 0, "evaluate", lambda: evaluate(ctx, stages[1], BASE_NAME)))
         policy = BASE_NAME
         for n in range(1, last + 1):

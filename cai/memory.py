@@ -178,7 +178,7 @@ def shape_of(model: str, stated) -> ModelShape:
 def plan(profile, stages: dict, model: str, guard_model: str | None, gpu_gib: float) -> list[Job]:
     """Every job the GPU does in turn, each against what it may use: the policy server within
     its share; training and the guard's server within the whole card if the server sleeps
-    meanwhile, else within what the server leaves."""
+    meanwhile, else within what the server leaves (training: unless it has GPUs of its own)."""
     gpu = profile.gpu
     serve = profile.serve
     longest = max(max(st.generation.respond.max_tokens, st.generation.revise.max_tokens) for st in stages.values())
@@ -188,8 +188,10 @@ def plan(profile, stages: dict, model: str, guard_model: str | None, gpu_gib: fl
     beside = gpu_gib if serve.sleep_while_training else gpu_gib * (1 - serve.gpu_memory_utilization)
     worst = max((st.train for st in stages.values()),
                 key=lambda t: (t.quantization == "none", t.batch_size * t.max_length, not t.gradient_checkpointing))
-    train = training(shape_of(model, gpu.model_shape), worst.quantization, beside, worst.batch_size, worst.max_length,
-                     worst.lora_r, worst.gradient_checkpointing, worst.processes, worst.sharding)
+    processes = max(st.train.processes for st in stages.values())
+    own_gpus = not serve.sleep_while_training and serve.gpus + processes <= gpu.gpus_per_node  # split_devices
+    train = training(shape_of(model, gpu.model_shape), worst.quantization, gpu_gib if own_gpus else beside, worst.batch_size,
+                     worst.max_length, worst.lora_r, worst.gradient_checkpointing, processes, worst.sharding)
     jobs = [policy, train]
     if profile.guard.mode == "llama-guard" and guard_model:
         g = profile.guard.serve
@@ -201,17 +203,28 @@ def plan(profile, stages: dict, model: str, guard_model: str | None, gpu_gib: fl
 
 
 def placement(serve_gpus: int, train_processes: int, gpus: int, take_turns: bool) -> tuple[bool, str]:
-    """Which GPUs serve and which train: taking turns (the server sleeps while training), both may use
-    every GPU; side by side, each needs its own."""
+    """Which GPUs serve and which train. Taking turns (the server sleeps while training), both use
+    the same GPUs; side by side, each has GPUs of its own where the machine has enough (`split_devices`),
+    else training shares the server's GPUs in the memory it leaves (`plan` checks that share)."""
     if take_turns:
-        need = max(serve_gpus, train_processes)
         how = f"serving on {serve_gpus} and training on {train_processes} of {gpus} GPUs, in turns (the server sleeps while training)"
+    elif serve_gpus + train_processes <= gpus:
+        how = f"serving on {serve_gpus} GPUs and training on {train_processes} others, side by side ({serve_gpus + train_processes} of {gpus})"
     else:
-        need = serve_gpus + train_processes
-        how = f"serving on {serve_gpus} and training on {train_processes} other GPUs, side by side: {need} of {gpus}"
-    if need > gpus:
-        return False, how + f": DOES NOT FIT; lower the parallel sizes or `train.processes`, or use {need} GPUs"
+        how = (f"serving on {serve_gpus} and training on {train_processes} of {gpus} GPUs, side by side on the same GPUs "
+               f"(training in the memory the server leaves)")
+    if max(serve_gpus, train_processes) > gpus:
+        return False, how + f": DOES NOT FIT; lower the parallel sizes or `train.processes`, or use {max(serve_gpus, train_processes)} GPUs"
     return True, how + ": ok"
+
+
+def split_devices(visible: list[str], serve_gpus: int, train_processes: int) -> tuple[str, str] | None:
+    """Side by side: CUDA_VISIBLE_DEVICES for the server (the first `serve_gpus` of the `visible`
+    GPUs) and for training (the next `train_processes`); each job numbers its own from 0. None
+    where there are too few for both: then they share them (`placement`)."""
+    if serve_gpus + train_processes > len(visible):
+        return None
+    return ",".join(visible[:serve_gpus]), ",".join(visible[serve_gpus:serve_gpus + train_processes])
 
 
 def fit_layout(profile, stages: dict, model: str, gpu_gib: float, gpus_per_node: int, gpus: int) -> dict:

