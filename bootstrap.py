@@ -845,12 +845,13 @@ def gpu_devices(profile, stages: dict) -> tuple[str, str] | None:
         return None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = visible.split(",") if visible else [str(i) for i in range(gpu_count())]
-    return memory.split_devices(ids, profile.serve.gpus, max(st.train.processes for st in stages.values()))
+    return memory.split_devices(ids, profile.serve.gpus, memory.train_processes(stages))
 
 
 def check_memory(profile, stages: dict, model: str, where: str) -> None:
-    """The memory plan against the GPU (the real card's memory where there is one), before
-    anything is written; a job that does not fit is one error naming what to change."""
+    """The memory plan against the GPU (the real card's memory where there is one), and the GPUs the
+    serving and training ask for against those there are, before anything is written; a job that
+    does not fit is one error naming what to change."""
     if profile.gpu is None:
         return
     gpu_gib = profile.gpu.memory_gib
@@ -866,6 +867,11 @@ def check_memory(profile, stages: dict, model: str, where: str) -> None:
     for job in jobs:
         if not job.fits:
             raise ConfigError(f"{where}: memory plan: {job.line()}. To fit: {memory.advice(job)}")
+    if gpu_count():  # the parallel sizes and training's processes against the GPUs at hand (every node's, for Ray)
+        placed, how = memory.placement(profile.serve.gpus, memory.train_processes(stages), gpu_count() * profile.gpu.nodes,
+                                       profile.serve.sleep_while_training)
+        if not placed:
+            raise ConfigError(f"{where}: placement: {how}")
 
 
 def open_run(folder: Path, config: dict, snapshot: dict) -> Run:

@@ -131,7 +131,7 @@ def plan(argv: list[str]) -> int:
     print(f"\nMemory on each {profile.gpu.memory_gib:.0f} GiB GPU, one job at a time:")
     for job in jobs:
         print(f"- {job.line()}" + ("" if job.fits else f"\n  to fit: {memory.advice(job)}"))
-    placed, where = memory.placement(profile.serve.gpus, max(st.train.processes for st in stages.values()), profile.gpu.gpus_per_node * profile.gpu.nodes,
+    placed, where = memory.placement(profile.serve.gpus, memory.train_processes(stages), profile.gpu.gpus_per_node * profile.gpu.nodes,
                                      profile.serve.sleep_while_training)
     print(f"- placement: {where}")
 

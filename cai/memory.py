@@ -175,23 +175,36 @@ def shape_of(model: str, stated) -> ModelShape:
     return ModelShape(**stated.model_dump())
 
 
+def longest_answer(stages: dict) -> int:
+    """The most tokens an answer or a revision may take in any stage: what a request's KV cache holds beside its prompt."""
+    return max(max(st.generation.respond.max_tokens, st.generation.revise.max_tokens) for st in stages.values())
+
+
+def heaviest_training(stages: dict):
+    """The stage's training settings that need the most memory; `processes` the most any stage uses."""
+    worst = max((st.train for st in stages.values()),
+                key=lambda t: (t.quantization == "none", t.batch_size * t.max_length, not t.gradient_checkpointing))
+    return worst.model_copy(update={"processes": train_processes(stages)})
+
+
+def train_processes(stages: dict) -> int:
+    return max(st.train.processes for st in stages.values())
+
+
 def plan(profile, stages: dict, model: str, guard_model: str | None, gpu_gib: float) -> list[Job]:
     """Every job the GPU does in turn, each against what it may use: the policy server within
     its share; training and the guard's server within the whole card if the server sleeps
     meanwhile, else within what the server leaves (training: unless it has GPUs of its own)."""
     gpu = profile.gpu
     serve = profile.serve
-    longest = max(max(st.generation.respond.max_tokens, st.generation.revise.max_tokens) for st in stages.values())
     policy = serving(shape_of(model, gpu.model_shape), serve.quantization, gpu_gib, serve.gpu_memory_utilization,
-                     serve.max_model_len, profile.concurrency, 512 + longest, tensor_parallel=serve.tensor_parallel_size,
-                     pipeline_parallel=serve.pipeline_parallel_size)
+                     serve.max_model_len, profile.concurrency, 512 + longest_answer(stages),
+                     tensor_parallel=serve.tensor_parallel_size, pipeline_parallel=serve.pipeline_parallel_size)
     beside = gpu_gib if serve.sleep_while_training else gpu_gib * (1 - serve.gpu_memory_utilization)
-    worst = max((st.train for st in stages.values()),
-                key=lambda t: (t.quantization == "none", t.batch_size * t.max_length, not t.gradient_checkpointing))
-    processes = max(st.train.processes for st in stages.values())
-    own_gpus = not serve.sleep_while_training and serve.gpus + processes <= gpu.gpus_per_node  # split_devices
+    worst = heaviest_training(stages)
+    own_gpus = not serve.sleep_while_training and serve.gpus + worst.processes <= gpu.gpus_per_node  # split_devices
     train = training(shape_of(model, gpu.model_shape), worst.quantization, gpu_gib if own_gpus else beside, worst.batch_size,
-                     worst.max_length, worst.lora_r, worst.gradient_checkpointing, processes, worst.sharding)
+                     worst.max_length, worst.lora_r, worst.gradient_checkpointing, worst.processes, worst.sharding)
     jobs = [policy, train]
     if profile.guard.mode == "llama-guard" and guard_model:
         g = profile.guard.serve
@@ -235,22 +248,18 @@ def fit_layout(profile, stages: dict, model: str, gpu_gib: float, gpus_per_node:
     as the profile does (the server sleeps while training)."""
     shape = shape_of(model, profile.gpu.model_shape)
     serve = profile.serve
-    longest = max(max(st.generation.respond.max_tokens, st.generation.revise.max_tokens) for st in stages.values())
-    worst = max((st.train for st in stages.values()), key=lambda t: (t.quantization == "none", t.batch_size * t.max_length))
     tp = 1
     while True:
         policy = serving(shape, serve.quantization, gpu_gib, serve.gpu_memory_utilization, serve.max_model_len,
-                         profile.concurrency, 512 + longest, tensor_parallel=tp)
+                         profile.concurrency, 512 + longest_answer(stages), tensor_parallel=tp)
         if policy.fits or tp * 2 > gpus_per_node:
             break
         tp *= 2
-    processes = gpus_per_node
-    train = training(shape, worst.quantization, gpu_gib, worst.batch_size, worst.max_length, worst.lora_r,
-                     worst.gradient_checkpointing, processes, "none")
-    sharding = "none"
-    if not train.fits and processes > 1:
-        sharding = "fsdp"
+    worst, processes = heaviest_training(stages), gpus_per_node
+    for sharding in ("none", "fsdp"):
         train = training(shape, worst.quantization, gpu_gib, worst.batch_size, worst.max_length, worst.lora_r,
                          worst.gradient_checkpointing, processes, sharding)
+        if train.fits or processes == 1:
+            break
     return {"tensor_parallel": tp, "replicas": gpus // tp, "processes": processes, "sharding": sharding,
             "jobs": [policy, train], "fits": policy.fits and train.fits}

@@ -105,6 +105,21 @@ def test_placement_in_turns_or_side_by_side():
     assert not memory.placement(16, 8, 8, take_turns=True)[0]
 
 
+def test_more_gpus_than_the_machine_has_stop_the_run_before_it_starts(monkeypatch):
+    import torch
+
+    import bootstrap
+
+    monkeypatch.setattr(bootstrap, "gpu_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("Card", (), {"total_memory": 80 * memory.GIB})())
+    profile, stages = gpu_profile()
+    bootstrap.check_memory(profile, stages, profile.model, "curriculum.yaml: profiles.gpu")  # as shipped: one GPU
+    four = profile.model_copy(update={"serve": profile.serve.model_copy(update={"tensor_parallel_size": 4})})
+    with pytest.raises(bootstrap.ConfigError, match=r"^curriculum.yaml: profiles.gpu: placement: serving on 4 .* DOES NOT FIT; "
+                                                     r"lower the parallel sizes or `train.processes`, or use 4 GPUs$"):
+        bootstrap.check_memory(four, stages, four.model, "curriculum.yaml: profiles.gpu")
+
+
 def test_side_by_side_each_job_sees_its_own_gpus():
     assert memory.split_devices([str(i) for i in range(8)], 4, 4) == ("0,1,2,3", "4,5,6,7")
     assert memory.split_devices(["2", "5", "7"], 1, 2) == ("2", "5,7")  # the user's CUDA_VISIBLE_DEVICES, kept
