@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cai import quality  # noqa: E402
-from cai.config import PairFilters, load_curriculum  # noqa: E402
+from cai.config import load_curriculum  # noqa: E402
 from cai.pairs import build_pairs  # noqa: E402
+from cai.settings import PairFilters  # noqa: E402
 from cai.store import Run, read_jsonl  # noqa: E402
 
 

@@ -25,10 +25,11 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cai.config import Sampling, load_curriculum  # noqa: E402
+from cai.config import load_curriculum  # noqa: E402
 from cai.lm import Endpoint, Job, program_call, request_seed, run_jobs  # noqa: E402
 from cai.model import EMBEDDED, resolve_model  # noqa: E402
 from cai.serve import BASE_NAME, ServeSettings, VLLMServer  # noqa: E402
+from cai.settings import Sampling  # noqa: E402
 from cai.store import Records  # noqa: E402
 from programs.respond import Respond, Responder  # noqa: E402
 

@@ -2,9 +2,10 @@
 compare the records with an uninterrupted run of the same seed.
 
     python bench/soak.py [--points 20] [--until stage1] [--seed 0]
+    python bench/soak.py --compare RUN REFERENCE   # two finished runs' records, e.g. before and after a refactor
 
-Prints `lost=N doubled=N differing=N` last: ids the uninterrupted run has and the killed
-one lacks, ids written twice in one file, and records whose content differs.
+Prints `lost=N doubled=N differing=N` last: ids the uninterrupted run (REFERENCE) has and the
+killed one (RUN) lacks, ids written twice in one file, and records whose content differs.
 """
 
 from __future__ import annotations
@@ -59,7 +60,12 @@ def main() -> None:
     p.add_argument("--until", default="stage1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-delay", type=float, default=120.0, help="longest an attempt lives before its kill (s)")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("RUN", "REFERENCE"), help="only compare two finished runs' records")
     args = p.parse_args()
+    if args.compare:
+        figures = compare(*args.compare)
+        print(f"records={figures['records']}\nlost={figures['lost']} doubled={figures['doubled']} differing={figures['differing']}")
+        return
     work = Path(tempfile.mkdtemp(prefix="cai-soak-"))
     reference, run = work / "reference", work / "killed"
     curriculum = work / "curriculum.yaml"  # a copy: an edit to the repo's file mid-soak would make the runs refuse to resume

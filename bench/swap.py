@@ -33,7 +33,8 @@ from cai.lm import Endpoint, Job, program_call, run_jobs  # noqa: E402
 from cai.model import resolve_model  # noqa: E402
 from cai.serve import ServeSettings, VLLMServer  # noqa: E402
 from cai.store import Records  # noqa: E402
-from cai.train import init_adapter, merge_adapter  # noqa: E402
+from cai.swap import make_swap  # noqa: E402
+from cai.train import init_adapter  # noqa: E402
 from programs.respond import Responder  # noqa: E402
 
 
@@ -49,9 +50,9 @@ def stage_jobs(st, count: int | None) -> list[Job]:
     return jobs[:count] if count else jobs
 
 
-def generate(server: VLLMServer, name: str, jobs: list[Job], st, concurrency: int, folder: Path) -> tuple[float, int]:
-    """Seconds and completion tokens of `jobs` sent to `name` through our pipeline (cai/lm.py)."""
-    endpoint = Endpoint(server.api_base, server.api_key, server.request_name(name), "plain", 600, label=name)
+def generate(server: VLLMServer, served: str, name: str, jobs: list[Job], st, concurrency: int, folder: Path) -> tuple[float, int]:
+    """Seconds and completion tokens of `jobs` sent to `name` (served as `served`) through our pipeline (cai/lm.py)."""
+    endpoint = Endpoint(server.api_base, server.api_key, served, "plain", 600, label=name)
     start = time.perf_counter()
     stats = run_jobs(jobs, program_call(Responder, "response", endpoint, st.generation.respond), Records(folder / f"{name}.jsonl"),
                      concurrency, 0, progress=f"{server.settings.swap}: generation")
@@ -76,13 +77,10 @@ def main() -> None:
             settings = ServeSettings(model=model, max_lora_rank=st.train.lora_r, **{**profile.serve.model_dump(), "swap": way})
             with VLLMServer(settings, tmp / f"{way}.log", tmp / f"{way}.pid") as server:
                 start = time.perf_counter()
-                if way == "lora":
-                    server.load_adapter("stage1", adapter)  # with its /v1/models check and a probe
-                else:
-                    server.add_weights("stage1", merge_adapter(model, adapter, tmp / "merged"))
-                    server.request_name("stage1")  # the reload, the prefix cache reset and a probe
+                # lora: the load, its /v1/models check and a probe; merged: the merge, the reload, the prefix cache reset, a probe
+                (strategy := make_swap(server, tmp / way)).make_servable("stage1", adapter)
                 swap = time.perf_counter() - start
-                seconds, tokens = generate(server, "stage1", jobs, st, profile.concurrency, tmp / way)
+                seconds, tokens = generate(server, strategy.activate("stage1"), "stage1", jobs, st, profile.concurrency, tmp / way)
             results[way] = (swap, seconds, tokens)
             print(f"{way}: swap {swap:.2f} s; {len(jobs)} requests (the respond step of a stage of profile {args.profile}) "
                   f"in {seconds:.1f} s, {tokens / seconds:.0f} tokens/s", flush=True)

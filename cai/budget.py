@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cai.config import GPUPlan, Speed, StageConfig
+from cai.config import StageConfig
 from cai.evaluate import suite_sizes
+from cai.settings import GPUPlan, Speed
 
 # Typical prompt lengths (tokens) a request of each step sends: its instruction, the task,
 # and what it reads (an answer, a critique). Prefill is cheap next to decoding, so these
@@ -239,3 +240,11 @@ def check(manifest: dict, budget_usd: float | None, price: float, where: str, ne
         raise BudgetSpent(f"budget: ${spent:.2f} of ${budget_usd:.2f} spent ({spent_hours(manifest):.2f} GPU-hours at "
                           f"${price:.2f}){ahead}; stopped before {where}. Re-run the same command with a larger "
                           f"--budget-usd to go on from here.")
+
+
+def check_stage(manifest: dict, gpu: GPUPlan, st: StageConfig, budget_usd: float | None, price: float) -> None:
+    """Stop before a stage starts if the GPU-hours spent plus the stage's estimate (at the rates the
+    run has measured so far, else the profile's) pass the budget."""
+    speed = Throughput.measured(manifest, Throughput.stated(gpu))
+    ahead = stage_hours(stage_work(st), speed, gpu.seconds_per_stage) * price
+    check(manifest, budget_usd, price, f"stage{st.number}", next_usd=ahead)

@@ -14,18 +14,11 @@ import argparse
 import difflib
 from pathlib import Path
 
-from cai import budget, memory, release
-from cai import report as cai_report
-from cai.config import ConfigError, load_curriculum, resolve_stage
+from cai import ROOT, budget, memory, release, report as cai_report
+from cai.config import load_curriculum, resolve_stage
+from cai.optimize import PROGRAMS
+from cai.settings import ConfigError
 from cai.store import Run
-from programs.critique import Critic
-from programs.judge import Judge
-from programs.propose import Propose
-from programs.respond import Responder
-from programs.revise import Reviser
-
-PROGRAMS = {"propose": Propose, "respond": Responder, "critique": Critic, "revise": Reviser, "judge": Judge}
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_folder(name: str, default: str = "") -> Path:

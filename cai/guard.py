@@ -20,11 +20,20 @@ unsafe: nothing reaches the training data on a missing verdict.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from pathlib import Path
 
 import openai
 
+import programs
+from cai import ROOT
 from cai.lm import Job, RequestFailed
+from cai.model import resolve_model
+from cai.serve import ServeSettings, VLLMServer
+from cai.settings import GuardSettings
+from cai.store import BASE_NAME
+from cai.swap import gpu_lent
 
 MODES = ("llama-guard", "self", "off")
 
@@ -150,3 +159,24 @@ class Guard:
         return {"model": self.label, "ok": verdict["parsed"], "raw": text, "verdict": verdict, "guard": self.mode,
                 **({} if verdict["parsed"] else {"error": f"unparseable: {text!r:.200}"}), "messages": messages,
                 "tokens": {"prompt": usage.prompt_tokens if usage else 0, "completion": usage.completion_tokens if usage else 0}}
+
+
+def version(mode: str) -> str:
+    """The guard's prompt version, recorded with every verdict."""
+    return f"guard/{mode}@{programs.sha(task_text('', ''))}"
+
+
+@contextlib.contextmanager
+def checker(settings: GuardSettings, server: VLLMServer, swap, run_root: Path, seed: int, timeout_s: float,
+            trust_remote_code: bool = False):
+    """The `Guard` call for a batch of jobs: `self` asks the base model on the policy's server
+    (stage0: a fixed yardstick, which the loop's training cannot move); `llama-guard` starts the
+    guard model's own server for the block (on one GPU it takes its turn while the policy's server
+    sleeps)."""
+    if settings.mode == "self":
+        yield Guard("self", server.api_base, server.api_key, swap.activate(BASE_NAME), timeout_s, settings.max_tokens, label=BASE_NAME)
+        return
+    serve = ServeSettings(model=resolve_model(settings.model, ROOT / "models"), served_name="guard", enable_lora=False,
+                          seed=seed, trust_remote_code=trust_remote_code, **settings.serve.model_dump())
+    with gpu_lent(server, swap, seed), VLLMServer(serve, run_root / "guard.log", run_root / "guard.pid") as guard_server:
+        yield Guard("llama-guard", guard_server.api_base, guard_server.api_key, "guard", timeout_s, settings.max_tokens)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import random
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,8 +25,8 @@ from dspy.utils.exceptions import AdapterParseError, LMInvalidRequestError
 # counted in the record; DSPy's warning for each one would bury the progress lines.
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
 
-from cai.config import Sampling
 from cai.progress import StepProgress
+from cai.settings import Sampling
 from cai.store import Records
 from programs.adapter import PlainAdapter
 
@@ -74,6 +75,12 @@ def request_seed(base_seed: int, rid: str) -> int:
     """A per-request seed from the run seed and the record id (stable across resumes)."""
     digest = hashlib.sha256(f"{base_seed}:{rid}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def seeded(base_seed: int, label: str) -> random.Random:
+    """A generator for one draw (a task's rule, a stage's seed tasks), seeded from the run seed and
+    what it draws for: the same draw on a resumed run, whatever else was drawn before it."""
+    return random.Random(f"{base_seed}-{label}")
 
 
 def program_call(make_program: Callable[[], dspy.Module], output: str, endpoint: Endpoint, sampling: Sampling):

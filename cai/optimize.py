@@ -16,13 +16,57 @@ from __future__ import annotations
 import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import dspy
 from dspy.utils.callback import BaseCallback
 from dspy.utils.exceptions import AdapterParseError, LMInvalidRequestError
 
-from cai.config import OptimizeSettings
+from cai.config import StageConfig
+from cai.settings import OptimizeSettings, Sampling
+from cai.store import atomic_path
+from programs.critique import Critic
+from programs.critique_revise import CritiqueAndRevise
+from programs.judge import Judge
+from programs.propose import Propose
+from programs.respond import Responder
+from programs.revise import Reviser
+
+# Every program whose prompt a stage may compile, by the name its file in stageN/programs/ has
+PROGRAMS = {"propose": Propose, "respond": Responder, "critique": Critic, "revise": Reviser, "judge": Judge}
+PARTS = {"critique_revise": ("critique", "revise")}  # programs compiled together, saved as their parts
+
+# LM calls one optimization example costs: critique + revise, and the judge both ways where the checker is silent
+CALLS_PER_EXAMPLE = {"propose": 1, "critique_revise": 4, "judge": 1}
+
+
+@dataclass
+class Compilable:
+    """A program to compile: the program, the metric it is compiled against, its examples
+    (train first, then dev) and how its LM samples."""
+
+    program: dspy.Module
+    metric: Callable
+    examples: list[dspy.Example]
+    sampling: Sampling
+
+
+def planned_calls(st: StageConfig) -> int:
+    """The LM calls a stage's propose, respond, critique and revise steps plan, at most."""
+    tasks = st.counts.seeds_used + st.counts.proposed
+    critiques = tasks if st.counts.critiques is None else min(tasks, st.counts.critiques)
+    return st.counts.proposed + tasks * st.counts.samples + 2 * critiques
+
+
+def slice_sizes(st: StageConfig, name: str) -> tuple[int, int, int]:
+    """(train examples, dev examples, LM calls allowed) for compiling `name` at this stage: at most
+    `call_share` of the calls the stage's other steps plan (and `max_calls`), the slice cut to fit."""
+    calls = min(st.optimize.max_calls, int(st.optimize.call_share * planned_calls(st)))
+    per_example = calls // CALLS_PER_EXAMPLE[name]
+    dev = min(st.optimize.devset, per_example // 3)
+    return min(st.optimize.trainset, per_example - 2 * dev), dev, calls
 
 
 class CallCounter(BaseCallback):
@@ -203,6 +247,30 @@ def render(name: str, program: dspy.Module, adapter: dspy.Adapter) -> str:
             content = m["content"] if isinstance(m["content"], str) else str(m["content"])
             parts += [f"**{m['role']}**", "", "```text", content, "```", ""]
     return "\n".join(parts)
+
+
+def save(folder: Path, name: str, program: dspy.Module) -> None:
+    """The compiled `program` as `folder/<name>.json` (critique + revise: as its two parts), each atomically."""
+    for part, sub in zip(PARTS.get(name, (name,)), [program.critic, program.reviser] if name in PARTS else [program]):
+        with atomic_path(folder / f"{part}.json") as tmp:
+            sub.save(str(tmp))
+
+
+def saved(folder: Path, name: str) -> dspy.Module | None:
+    """The program `save` wrote to `folder` under `name`, loaded; None where it wrote none."""
+    parts = PARTS.get(name, (name,))
+    if not all((folder / f"{part}.json").exists() for part in parts):
+        return None
+    if name in PARTS:
+        program = CritiqueAndRevise()
+        program.critic, program.reviser = load(Critic, folder / "critique.json")(), load(Reviser, folder / "revise.json")()
+        return program
+    return load(PROGRAMS[name], folder / f"{name}.json")()
+
+
+def compiled(run, n: int, make_program, name: str):
+    """`make_program`, with the prompt stage n's optimize step compiled for `name` loaded, where it saved one."""
+    return load(make_program, run.stage_dir(n) / "programs" / f"{name}.json")
 
 
 def load(make_program, path: Path):

@@ -30,8 +30,9 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
-from cai.config import PAIR_SOURCES, PairFilters
 from cai.constraints import keeps
+from cai.quality import signals as quality_signals
+from cai.settings import PAIR_SOURCES, PairFilters
 
 SIDES = ("A", "B")
 
@@ -271,3 +272,25 @@ def _pair(pair_id: str, stage: int, task: dict, source: str, decided_by: str, ch
 def _side(record: dict) -> dict:
     """Which record, adapter and prompt version produced a side of the pair."""
     return {"record_id": record["id"], "model": record.get("model"), "program": record.get("program")}
+
+
+def trusted_sources(st, optimized: dict) -> tuple[list[str], dict]:
+    """Stage `st`'s pair sources as far as they are trusted: `judge` only where the judge, compiled
+    this stage, agreed with the checker on held-out pairs (`optimized`: the optimize step's stats,
+    its dev set) at least `judge_min_agreement` of the time. At 135M it does not (DESIGN.md)."""
+    sources, agreement = list(st.pair_sources), optimized.get("judge_after")
+    if "judge" in sources and (agreement is None or agreement < st.judge_min_agreement):
+        sources.remove("judge")
+    return sources, {"judge_agreement": agreement, "judge_agreement_n": optimized.get("judge_dev"), "judge_trusted": "judge" in sources}
+
+
+def best_of_n_count(stage: int, tasks: list[dict], responses, signals: dict, filters: PairFilters, embedder) -> int:
+    """Best-of-n pairs the answers to `tasks` hold that pass the quality filters (what respond aims
+    at); `signals` keeps each answer's quality signals (cai/quality.py, under `embedder`) from one
+    call to the next."""
+    by_task = {t["id"]: t for t in tasks}
+    answers = [r for r in responses if r["ok"] and r["task_id"] in by_task]
+    new = [r for r in answers if r["id"] not in signals]
+    found = quality_signals([by_task[r["task_id"]]["request"] for r in new], [r["response"] for r in new], embedder)
+    signals.update({r["id"]: q for r, q in zip(new, found)})
+    return build_pairs(stage, tasks, answers, [], [], [], quality=signals, filters=filters, sources=["best_of_n"])[1]["pairs"]

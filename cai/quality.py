@@ -97,6 +97,14 @@ def signals(requests: list[str], answers: list[str], model) -> list[dict]:
              "empty": not a.strip()} for r, a in zip(rel, answers)]
 
 
+def measure(tasks: list[dict], responses, revisions, model) -> list[dict]:
+    """quality.jsonl's rows: every answer's and revision's signals against its task's bare request."""
+    request_of = {t["id"]: t["request"] for t in tasks}
+    answers = [(r, r["response"]) for r in responses if r["ok"]] + [(r, r["revision"]) for r in revisions if r["ok"]]
+    found = signals([request_of[r["task_id"]] for r, _ in answers], [text for _, text in answers], model)
+    return [{"id": r["id"], "task_id": r["task_id"], **q} for (r, _), q in zip(answers, found)]
+
+
 def summary(found: list[dict]) -> dict:
     """A step's figures for the manifest: how many answers, how many off topic, repetitive or boilerplate."""
     n = len(found)

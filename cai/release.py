@@ -17,9 +17,9 @@ from pathlib import Path
 import yaml
 from datasets import DatasetInfo
 
+from cai import ROOT
 from cai.store import Run, read_jsonl, write_jsonl_atomic
 
-ROOT = Path(__file__).resolve().parent.parent
 GUARD_SAYS = {
     "llama-guard": "Llama Guard 3 ({model}) classified every prompt and both answers of every pair; anything flagged, "
                    "or without a verdict that parsed, was dropped (see each stage's `safety.jsonl`).",

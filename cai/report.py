@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cai.evaluate import difference  # noqa: E402
+from cai.intervals import difference  # noqa: E402
 from cai.store import Run, read_jsonl  # noqa: E402
 
 # The suites' scores in the order the report shows them, and which way is better.

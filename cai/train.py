@@ -19,8 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cai.config import TrainSettings
 from cai.progress import StepProgress
+from cai.settings import TrainSettings
 
 
 class TrainingError(RuntimeError):

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cai.config import TrainSettings
+from cai.settings import TrainSettings
 from cai.train import TrainingError
 
 # accelerate's own flags for the two sharded strategies (accelerate launch --help); a user's

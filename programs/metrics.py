@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from cai.pairs import checker_verdict
+from programs.judge import both_orders
 from programs.propose import clean_task
 
 
@@ -21,11 +22,11 @@ def proposal_metric(closest: Callable[[str], float], min_novelty: float = 0.3):
     return metric
 
 
-def revision_metric(judge: Callable[[str, str, str, str], str | None] | None):
+def revision_metric(judge: Callable[..., str | None] | None):
     """Critique + revise: the revision changes the answer and keeps the task's rule where the
     checker decides (else the judge prefers it to the original in both orders).
-    `judge(request, principle, a, b)` returns "A", "B" or None. Safety is the guard's, where
-    data enters training (the pairs step), not the metric's."""
+    `judge(**inputs)` (the Judge program's inputs) returns "A", "B" or None. Safety is the
+    guard's, where data enters training (the pairs step), not the metric's."""
     def metric(example, prediction, trace=None):
         revision = (prediction.revision or "").strip()
         ok = bool(revision) and revision != example.response.strip()
@@ -33,9 +34,8 @@ def revision_metric(judge: Callable[[str, str, str, str], str | None] | None):
             task = {"prompt": example.request, "constraint": example.constraint}
             verdict = checker_verdict(task, example.response, revision)
             if verdict is None and judge is not None:
-                ab = judge(example.request, example.principle, example.response, revision)
-                ba = judge(example.request, example.principle, revision, example.response)
-                verdict = "revision" if (ab, ba) == ("B", "A") else None
+                asked = both_orders({"request": example.request, "principle": example.principle}, example.response, revision)
+                verdict = "revision" if (judge(**asked["ab"]), judge(**asked["ba"])) == ("B", "A") else None
             ok = verdict == "revision"
         return ok if trace is not None else float(ok)
     return metric

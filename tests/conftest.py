@@ -10,14 +10,18 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import pytest  # noqa: E402
 
 
-def scripted_server():
-    """Where a scripted LM's server would be: nothing listens; each policy has its own name (runtime LoRA)."""
+def scripted_context(run, constitution, **settings):
+    """A Context for step functions whose LM a test scripts: nothing listens where the server would be,
+    and each policy is asked under its own name (runtime LoRA)."""
     from types import SimpleNamespace
 
+    import bootstrap
     from cai.serve import ServeSettings
+    from cai.swap import LoraSwap
 
-    return SimpleNamespace(api_base="http://unused", base_url="http://unused", api_key="k", settings=ServeSettings(model="model"),
-                           request_name=lambda name: name)
+    server = SimpleNamespace(api_base="http://unused", base_url="http://unused", api_key="k", settings=ServeSettings(model="model"))
+    defaults = dict(model="model", adapter="plain", concurrency=4, timeout_s=30, seed=0)
+    return bootstrap.Context(run=run, server=server, swap=LoraSwap(server), constitution=constitution, **{**defaults, **settings})
 
 
 class ScriptedHTTP:
@@ -58,11 +62,10 @@ def scripted_vllm(handler, settings, tmp_path):
 @pytest.fixture
 def ctx(tmp_path):
     """A Context for step functions: a fresh run folder, no server (tests script the LM)."""
-    import bootstrap
-    from cai.config import load_constitution
+    from cai.constitution import load_constitution
     from cai.store import Run
 
     con, _ = load_constitution(ROOT / "constitution.yaml")
     run = Run(tmp_path / "run")
     run.manifest = {"config": {}, "stages": {}}
-    return bootstrap.Context(run, scripted_server(), con, "model", "plain", 4, 30, 0, False)
+    return scripted_context(run, con)

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cai.config import ConfigError, check_together, load_constitution, load_curriculum, resolve_stage
+from cai.config import check_together, load_curriculum, resolve_stage
+from cai.constitution import load_constitution
+from cai.settings import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,9 +13,11 @@ import pytest
 import requests
 
 from cai import budget, memory
-from cai.config import ModelShapeConfig, TrainSettings, load_curriculum, resolve_stage
+from cai.config import load_curriculum, resolve_stage
 from cai.model import EMBEDDED, resolve_model
 from cai.serve import BASE_NAME, ServerError, ServeSettings, VLLMServer, command_line, cpu_threads_bind
+from cai.settings import ModelShapeConfig, TrainSettings
+from cai.swap import make_swap
 from cai.train import TrainingError
 from cai.train_process import launch_command, train_in_process
 
@@ -108,16 +110,16 @@ def test_placement_in_turns_or_side_by_side():
 def test_more_gpus_than_the_machine_has_stop_the_run_before_it_starts(monkeypatch):
     import torch
 
-    import bootstrap
+    from cai import launch
 
-    monkeypatch.setattr(bootstrap, "gpu_count", lambda: 1)
+    monkeypatch.setattr(launch, "gpu_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("Card", (), {"total_memory": 80 * memory.GIB})())
     profile, stages = gpu_profile()
-    bootstrap.check_memory(profile, stages, profile.model, "curriculum.yaml: profiles.gpu")  # as shipped: one GPU
+    launch.check_memory(profile, stages, profile.model, "curriculum.yaml: profiles.gpu")  # as shipped: one GPU
     four = profile.model_copy(update={"serve": profile.serve.model_copy(update={"tensor_parallel_size": 4})})
-    with pytest.raises(bootstrap.ConfigError, match=r"^curriculum.yaml: profiles.gpu: placement: serving on 4 .* DOES NOT FIT; "
+    with pytest.raises(launch.ConfigError, match=r"^curriculum.yaml: profiles.gpu: placement: serving on 4 .* DOES NOT FIT; "
                                                      r"lower the parallel sizes or `train.processes`, or use 4 GPUs$"):
-        bootstrap.check_memory(four, stages, four.model, "curriculum.yaml: profiles.gpu")
+        launch.check_memory(four, stages, four.model, "curriculum.yaml: profiles.gpu")
 
 
 def test_side_by_side_each_job_sees_its_own_gpus():
@@ -280,8 +282,8 @@ def greedy(model_dir: Path, prompt: str, tokens: int) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("swap,tp,dp", [("lora", 2, 1), ("merged", 2, 1), ("merged", 1, 2)])
-def test_vllm_cpu_serves_over_two_cpu_ranks(tmp_path, swap, tp, dp):
+@pytest.mark.parametrize("way,tp,dp", [("lora", 2, 1), ("merged", 2, 1), ("merged", 1, 2)])
+def test_vllm_cpu_serves_over_two_cpu_ranks(tmp_path, way, tp, dp):
     """vllm-cpu 0.32 with --tensor-parallel-size 2, or --data-parallel-size 2 (mp executor, one core
     per rank): the server starts through VLLMServer, its probe answers, and both swaps put a stage
     in place on every rank (runtime LoRA; a merged checkpoint through /collective_rpc). The answers
@@ -304,12 +306,12 @@ def test_vllm_cpu_serves_over_two_cpu_ranks(tmp_path, swap, tp, dp):
     expected_base, expected_stage = greedy(model, prompt, 12), greedy(merged, prompt, 12)
     assert expected_base != expected_stage
 
-    settings = ServeSettings(model=str(model), dtype="float32", max_model_len=1024, cpu_kvcache_gib=1, max_lora_rank=8, swap=swap,
+    settings = ServeSettings(model=str(model), dtype="float32", max_model_len=1024, cpu_kvcache_gib=1, max_lora_rank=8, swap=way,
                              tensor_parallel_size=tp, data_parallel_size=dp, distributed_executor_backend="mp", cpu_all_cores=True,
                              extra_args=["--enforce-eager"])
 
     def answers(name: str) -> set[str]:
-        model_name = server.request_name(name)
+        model_name = swap.activate(name)
         with ThreadPoolExecutor(4) as pool:  # at once, so that both replicas get some
             return set(pool.map(lambda _: server.complete(model_name, prompt, max_tokens=12), range(4 * dp)))
 
@@ -319,11 +321,9 @@ def test_vllm_cpu_serves_over_two_cpu_ranks(tmp_path, swap, tp, dp):
         return {m[1]: float(m[2]) for m in re.finditer(r'^vllm:generation_tokens_total\{engine="(\d+)"[^}]*\} (\S+)', metrics, re.M)}
 
     with VLLMServer(settings, tmp_path / "server.log", tmp_path / "server.pid") as server:
+        swap = make_swap(server, tmp_path / "run")
         base = answers(BASE_NAME)
-        if swap == "lora":
-            server.load_adapter("stage1", adapter)
-        else:
-            server.add_weights("stage1", merged)
+        swap.make_servable("stage1", adapter)  # lora: loaded; merged: merged (again, into the run) and reloaded
         before = tokens_by_replica()
         stage = answers("stage1")
         after = tokens_by_replica()

@@ -1,17 +1,18 @@
 """A server that dies or hangs mid-step is restarted and the stage (or stage 0's evaluation)
 resumes; bounded, and only when it is the server."""
 
-from types import SimpleNamespace
-
 import pytest
 
 import bootstrap
 from cai.lm import RequestFailed
+from cai.swap import surviving_faults
 
 
 class FakeServer:
+    """A server that is healthy or not, and counts its restarts; its swap counts what it put back."""
+
     def __init__(self, healthy):
-        self.is_healthy, self.restarts = healthy, 0
+        self.is_healthy, self.restarts, self.reapplied = healthy, 0, 0
 
     def healthy(self):
         return self.is_healthy
@@ -19,9 +20,12 @@ class FakeServer:
     def restart(self):
         self.restarts += 1
 
+    def reapply(self):
+        self.reapplied += 1
 
-def ctx_with(server, restarts=2):
-    return SimpleNamespace(server=server, server_restarts=restarts)
+
+def surviving(server, what, fn, restarts=2):
+    return surviving_faults(server, server, restarts, what, fn)
 
 
 def failing(times):
@@ -39,8 +43,9 @@ def test_a_dead_server_is_restarted_and_the_stage_resumes(monkeypatch):
     run_stage, calls = failing(2)
     monkeypatch.setattr(bootstrap, "run_stage", run_stage)
     server = FakeServer(healthy=False)
-    assert bootstrap.surviving_faults(ctx_with(server), "stage2", lambda: bootstrap.run_stage(None, None, "stage1")) == "stage2"
+    assert surviving(server, "stage2", lambda: bootstrap.run_stage(None, None, "stage1")) == "stage2"
     assert server.restarts == 2 and calls == ["stage1"] * 3
+    assert server.reapplied == 2  # what the server had (its adapters, the weights in place) is put back after each restart
 
 
 def test_restarts_are_bounded(monkeypatch):
@@ -48,7 +53,7 @@ def test_restarts_are_bounded(monkeypatch):
     monkeypatch.setattr(bootstrap, "run_stage", run_stage)
     server = FakeServer(healthy=False)
     with pytest.raises(RequestFailed, match="Connection refused"):
-        bootstrap.surviving_faults(ctx_with(server, restarts=2), "stage2", lambda: bootstrap.run_stage(None, None, "stage1"))
+        surviving(server, "stage2", lambda: bootstrap.run_stage(None, None, "stage1"), restarts=2)
     assert server.restarts == 2
 
 
@@ -57,7 +62,7 @@ def test_a_failure_with_a_healthy_server_is_not_the_servers(monkeypatch):
     monkeypatch.setattr(bootstrap, "run_stage", run_stage)
     server = FakeServer(healthy=True)
     with pytest.raises(RequestFailed):
-        bootstrap.surviving_faults(ctx_with(server), "stage2", lambda: bootstrap.run_stage(None, None, "stage1"))
+        surviving(server, "stage2", lambda: bootstrap.run_stage(None, None, "stage1"))
     assert server.restarts == 0
 
 
@@ -72,5 +77,5 @@ def test_stage_zero_evaluation_survives_a_dead_server_too(monkeypatch):
             raise RequestFailed("guard harm-012-guard: APIConnectionError: Connection error.")
         return {"instruction_following": 0.4}
     server = FakeServer(healthy=False)
-    assert bootstrap.surviving_faults(ctx_with(server), "stage0", evaluate) == {"instruction_following": 0.4}
+    assert surviving(server, "stage0", evaluate) == {"instruction_following": 0.4}
     assert server.restarts == 1 and len(calls) == 2

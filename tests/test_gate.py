@@ -5,11 +5,11 @@ import json
 import pytest
 
 import bootstrap
-from cai.config import Gate, load_curriculum, resolve_stage
+from cai import ROOT
+from cai.config import load_curriculum, resolve_stage
 from cai.gate import failures
+from cai.settings import Gate
 from cai.store import write_json_atomic
-
-ROOT = bootstrap.ROOT
 
 
 def score(x):

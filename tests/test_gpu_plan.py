@@ -7,12 +7,10 @@ import sys
 
 import pytest
 
-import bootstrap
-from cai import budget, memory
+from cai import ROOT, budget, launch, memory
 from cai.config import load_curriculum, resolve_stage
 from cai.serve import ServeSettings, command_line
 
-ROOT = bootstrap.ROOT
 QWEN_32B = memory.ModelShape(32.76, 64, 5120, 8, 128, 152064, 27648)
 
 
@@ -55,10 +53,10 @@ def test_a_profile_that_does_not_fit_stops_before_anything_is_written(tmp_path):
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     gpu = cur.profiles["gpu"]
     stages = {n: resolve_stage(cur, gpu, n) for n in range(1, 7)}
-    bootstrap.check_memory(gpu, stages, gpu.model, "curriculum.yaml: profiles.gpu")  # as shipped: fits
+    launch.check_memory(gpu, stages, gpu.model, "curriculum.yaml: profiles.gpu")  # as shipped: fits
     bf16 = {n: st.model_copy(update={"train": st.train.model_copy(update={"quantization": "none"})}) for n, st in stages.items()}
-    with pytest.raises(bootstrap.ConfigError, match=r"profiles.gpu: memory plan: training: .* DOES NOT FIT. To fit: train with `train.quantization: nf4`"):
-        bootstrap.check_memory(gpu, bf16, gpu.model, "curriculum.yaml: profiles.gpu")
+    with pytest.raises(launch.ConfigError, match=r"profiles.gpu: memory plan: training: .* DOES NOT FIT. To fit: train with `train.quantization: nf4`"):
+        launch.check_memory(gpu, bf16, gpu.model, "curriculum.yaml: profiles.gpu")
 
 
 def test_the_cost_plan_counts_each_steps_work():
@@ -86,14 +84,14 @@ def test_plan_prints_tokens_hours_dollars_and_memory():
 
 def test_the_budget_stops_at_a_step_boundary_and_a_larger_one_goes_on(ctx):
     ctx.gpus, ctx.budget_usd, ctx.gpu_price = 1, 1.0, 2.0
-    bootstrap.step(ctx, 1, "propose", lambda: {"kept": 3})
+    ctx.step(1, "propose", lambda: {"kept": 3})
     ctx.run.stage(1)["steps"]["propose"]["gpu_hours"] = 0.6  # $1.20 spent
     before = json.loads(ctx.run.manifest_path.read_text())
     with pytest.raises(budget.BudgetSpent, match=r"\$1.20 of \$1.00 spent .* stopped before stage1 respond. Re-run .* larger --budget-usd"):
-        bootstrap.step(ctx, 1, "respond", lambda: pytest.fail("ran past the budget"))
+        ctx.step(1, "respond", lambda: pytest.fail("ran past the budget"))
     assert json.loads(ctx.run.manifest_path.read_text()) == before  # nothing written
     ctx.budget_usd = 5.0
-    bootstrap.step(ctx, 1, "respond", lambda: {"ok": 1})
+    ctx.step(1, "respond", lambda: {"ok": 1})
     assert ctx.run.step_done(1, "respond") and ctx.run.stage(1)["steps"]["respond"]["gpu_hours"] >= 0
     with pytest.raises(budget.BudgetSpent, match="stage2 is estimated at up to"):
         budget.check(ctx.run.manifest, 5.0, 2.0, "stage2", next_usd=4.0)

@@ -6,15 +6,15 @@ import threading
 import dspy
 import pytest
 from dspy.utils.dummies import DummyLM
+from test_steps import stage
 
 import bootstrap
-from cai.config import OptimizeSettings
 from cai.lm import Endpoint
-from cai.optimize import compile_program, load, render
+from cai.optimize import compile_program, load, planned_calls, render
+from cai.settings import OptimizeSettings
 from programs.adapter import PlainAdapter
 from programs.metrics import proposal_metric, revision_metric
 from programs.propose import Propose
-from test_steps import stage
 
 
 def scripted(answers: dict):
@@ -40,12 +40,12 @@ def test_a_compiled_program_saves_and_loads_back_to_the_same_prompts(tmp_path):
 def test_the_revision_metric_asks_the_checker_first_then_the_judge_in_both_orders():
     no_comma = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
     example = dspy.Example(request="Name fruits. Use no commas.", response="apple, pear", constraint=no_comma, principle="p")
-    metric = revision_metric(judge=lambda *a: pytest.fail("the checker decides here"))
+    metric = revision_metric(judge=lambda **inputs: pytest.fail("the checker decides here"))
     assert metric(example, dspy.Prediction(revision="apple and pear")) == 1.0
     assert metric(example, dspy.Prediction(revision="apple, pear")) == 0.0  # unchanged
     free = example.copy(constraint=None)
-    always_b = revision_metric(judge=lambda request, principle, a, b: "B")  # position bias: never both orders
-    prefers_revision = revision_metric(judge=lambda request, principle, a, b: "B" if b == "Apples and pears." else "A")
+    always_b = revision_metric(judge=lambda **inputs: "B")  # position bias: never both orders
+    prefers_revision = revision_metric(judge=lambda **inputs: "B" if inputs["response_b"] == "Apples and pears." else "A")
     assert always_b(free, dspy.Prediction(revision="Apples and pears.")) == 0.0
     assert prefers_revision(free, dspy.Prediction(revision="Apples and pears.")) == 1.0
     assert metric(example, dspy.Prediction(revision="apple and pear"), trace=object()) is True  # pass or fail while bootstrapping
@@ -127,7 +127,7 @@ def test_the_optimize_step_cuts_each_program_to_its_share_of_the_stages_calls(ct
     tiny_share = st.optimize.model_copy(update={"call_share": 0.001})
     monkeypatch.setattr(bootstrap, "compile_program", lambda *a, **k: pytest.fail("over budget: nothing is compiled"))
     stats = bootstrap.optimize_program(ctx, st.model_copy(update={"optimize": tiny_share}), "stage0", "critique_revise")
-    budget = int(0.001 * bootstrap.planned_calls(st))
+    budget = int(0.001 * planned_calls(st))
     assert stats == {"critique_revise_skipped": f"the budget ({budget} LM calls) allows no example"} and budget < 4
     seen = {}
 
@@ -139,7 +139,7 @@ def test_the_optimize_step_cuts_each_program_to_its_share_of_the_stages_calls(ct
     monkeypatch.setattr(Endpoint, "lm", lambda self, sampling, seed: scripted({"": "x"}))
     share = st.optimize.model_copy(update={"call_share": 0.04, "trainset": 8, "devset": 4})
     stats = bootstrap.optimize_program(ctx, st.model_copy(update={"optimize": share}), "stage0", "propose")
-    budget = int(0.04 * bootstrap.planned_calls(st))
+    budget = int(0.04 * planned_calls(st))
     assert stats["propose_budget"] == budget and seen["dev"] == min(4, budget // 3) and seen["train"] == min(8, budget - 2 * seen["dev"])
     assert seen["start"] is None  # stage 1: nothing to start from
 

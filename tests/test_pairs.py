@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from cai.config import PairFilters
 from cai.pairs import build_pairs, judge_preference, verdict_margin
+from cai.settings import PairFilters
 
 NO_COMMA = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
 PROVENANCE = {"stage", "task_id", "task_source", "source", "decided_by", "principle_id", "critique", "judge",

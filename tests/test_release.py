@@ -7,9 +7,11 @@ from pathlib import Path
 
 import datasets
 
-from cai.config import PairFilters, load_constitution, load_curriculum
+from cai.config import load_curriculum
+from cai.constitution import load_constitution
 from cai.pairs import build_pairs
 from cai.quality import by_id
+from cai.settings import PairFilters
 from cai.store import Run, write_json_atomic, write_jsonl_atomic
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,19 +6,21 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
 import pytest
 import yaml
+from conftest import scripted_context
 from dspy.utils.dummies import DummyLM
 
 import bootstrap
-from cai.config import ConfigError, PairFilters, load_constitution, load_curriculum, resolve_stage
+from cai import ROOT, launch
+from cai.config import load_curriculum, resolve_stage
+from cai.constitution import load_constitution
 from cai.lm import Endpoint
 from cai.rerun import STEPS, first_step_reached, rerun_stage
+from cai.settings import ConfigError, PairFilters
 from cai.store import Run, write_json_atomic
-from conftest import scripted_server
 from programs.adapter import PlainAdapter
-
-ROOT = bootstrap.ROOT
 
 
 def tree(root):
@@ -30,7 +32,7 @@ def tree(root):
 def rerun(run, stage, config, constitution=None, curriculum=None):
     con = constitution or load_constitution(ROOT / "constitution.yaml")[0]
     cur = curriculum or load_curriculum(ROOT / "curriculum.yaml")[0]
-    return rerun_stage(run, stage, con, cur, config["profile"], bootstrap.new_manifest(run.root, config, {"constitution": con.model_dump()}))
+    return rerun_stage(run, stage, con, cur, config["profile"], launch.new_manifest(run.root, config, {"constitution": con.model_dump()}))
 
 
 def run_stages(run, constitution, stages, monkeypatch, filters=PairFilters(enabled=False)):
@@ -44,7 +46,7 @@ def run_stages(run, constitution, stages, monkeypatch, filters=PairFilters(enabl
     monkeypatch.setattr(bootstrap, "swap", lambda ctx, st, policy: {})
     monkeypatch.setattr(bootstrap, "evaluate", lambda ctx, st, served, reference: write_json_atomic(
         ctx.run.stage_dir(st.number) / "eval.json", {"instruction_following": {"score": 0.5, "low": 0.3, "high": 0.7, "n": 20}}) or {})
-    ctx = bootstrap.Context(run, scripted_server(), constitution, "m", "plain", 2, 30, 0, False)
+    ctx = scripted_context(run, constitution, model="m", concurrency=2)
     ctx.guard = ctx.guard.model_copy(update={"mode": "off"})
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     policy = "stage0"
@@ -63,7 +65,7 @@ def original(tmp_path, monkeypatch):
     cur, cur_sha = load_curriculum(ROOT / "curriculum.yaml")
     run = Run(tmp_path / "orig")
     config = {"constitution_sha256": con_sha, "curriculum_sha256": cur_sha, "profile": "cpu", "seed": 0, "model": "m"}
-    run.manifest = bootstrap.new_manifest(run.root, config, {"constitution": con.model_dump(), "curriculum": cur.model_dump()})
+    run.manifest = launch.new_manifest(run.root, config, {"constitution": con.model_dump(), "curriculum": cur.model_dump()})
     write_json_atomic(run.stage_dir(0) / "eval.json", {"instruction_following": {"score": 0.4, "low": 0.2, "high": 0.6, "n": 20}})
     run.mark_done(0, "evaluate", 1.0)
     run_stages(run, con, (1, 2), monkeypatch)

@@ -5,8 +5,8 @@ import pytest
 from dspy.utils.dummies import DummyLM
 from dspy.utils.exceptions import LMInvalidRequestError
 
-from cai.config import Sampling
 from cai.lm import Endpoint, Job, RequestFailed, program_call, request_seed, run_jobs
+from cai.settings import Sampling
 from cai.store import Records
 from programs.adapter import PlainAdapter
 from programs.judge import Judge

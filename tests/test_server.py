@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 
 from cai import guard
-from cai.config import TrainSettings
 from cai.lm import Job
 from cai.model import EMBEDDED, resolve_model
 from cai.serve import ServerError, ServeSettings, VLLMServer, command_line
+from cai.settings import TrainSettings
+from cai.swap import LoraSwap, MergedSwap
 from cai.train import init_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,14 +45,15 @@ def test_serve_and_hot_load_an_adapter(tmp_path):
     server = VLLMServer(ServeSettings(model=model, dtype="float32", max_lora_rank=8, cpu_kvcache_gib=1), tmp_path / "server.log", tmp_path / "server.pid")
     with server:
         assert server.models() == ["stage0"]
-        server.load_adapter("stage1", adapter)
-        assert "stage1" in server.models()
+        lora = LoraSwap(server)
+        lora.make_servable("stage1", adapter)
+        assert "stage1" in server.models() and lora.activate("stage1") == "stage1"
         assert server.complete("stage1", "Name a colour.", max_tokens=8).strip()
         # the model as its own guard: structured outputs hold it to Llama Guard's verdict grammar
         check = guard.Guard("self", server.api_base, server.api_key, "stage1", 60)
         assert check(Job("g", {"user": "Name a colour.", "agent": "Blue."}), seed=1)["verdict"]["parsed"]
         with pytest.raises(ServerError, match="swap: loading adapter stage2"):
-            server.load_adapter("stage2", tmp_path / "no-such-adapter")
+            lora.make_servable("stage2", tmp_path / "no-such-adapter")
         process = server.process
     assert process.poll() is not None  # stopped, no orphan
     assert not (tmp_path / "server.pid").exists()
@@ -64,20 +66,19 @@ def test_a_merged_checkpoint_replaces_the_served_weights_in_place_and_the_base_c
     from safetensors.torch import load_file, save_file
 
     from cai.serve import BASE_NAME, MERGED_NAME
-    from cai.train import merge_adapter
 
     model = resolve_model(EMBEDDED, ROOT / "models")
     adapter = init_adapter(model, tmp_path / "adapter", TrainSettings(lora_r=8))
     weights = load_file(str(adapter / "adapter_model.safetensors"))  # B = 0 answers as the base: make it a real change
     torch.manual_seed(0)
     save_file({k: (torch.randn_like(v) * 0.05 if "lora_B" in k else v) for k, v in weights.items()}, str(adapter / "adapter_model.safetensors"))
-    merged = merge_adapter(model, adapter, tmp_path / "merged")
     settings = ServeSettings(model=model, dtype="float32", cpu_kvcache_gib=1, swap="merged", extra_args=["--enforce-eager"])
     prompt = "Name three colours and say why you like them."
     with VLLMServer(settings, tmp_path / "server.log", tmp_path / "server.pid") as server:
         assert server.models() == [MERGED_NAME]
-        base = server.complete(server.request_name(BASE_NAME), prompt, max_tokens=24)
-        server.add_weights("stage1", merged)
-        changed = server.complete(server.request_name("stage1"), prompt, max_tokens=24)
-        back = server.complete(server.request_name(BASE_NAME), prompt, max_tokens=24)
+        merged = MergedSwap(server, tmp_path / "merged")
+        base = server.complete(merged.activate(BASE_NAME), prompt, max_tokens=24)
+        merged.make_servable("stage1", adapter)  # merged into tmp_path/merged/stage1, reloaded in place
+        changed = server.complete(merged.activate("stage1"), prompt, max_tokens=24)
+        back = server.complete(merged.activate(BASE_NAME), prompt, max_tokens=24)
     assert changed != base and back == base

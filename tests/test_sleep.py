@@ -4,13 +4,12 @@ server stands in for vLLM's endpoints here; what is tested is our side of the ex
 
 import json
 from http.server import BaseHTTPRequestHandler
-from types import SimpleNamespace
 
 import pytest
-
-import bootstrap
-from cai.serve import ServeSettings, ServerError
 from conftest import ScriptedHTTP, scripted_vllm
+
+from cai.serve import ServerError, ServeSettings
+from cai.swap import LoraSwap, gpu_lent
 
 
 class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
@@ -44,13 +43,14 @@ class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
 def scripted(tmp_path):
     ScriptedVLLM.log, ScriptedVLLM.wake_status, ScriptedVLLM.models = [], "awake", ["stage0", "stage1"]
     for server in scripted_vllm(ScriptedVLLM, ServeSettings(model="m", sleep_while_training=True), tmp_path):
-        server.adapters = {"stage1": str(tmp_path / "stage1" / "adapter")}
-        yield server, SimpleNamespace(server=server, seed=7)
+        swap = LoraSwap(server)
+        swap.adapters = {"stage1": str(tmp_path / "stage1" / "adapter")}
+        yield server, swap
 
 
 def test_the_server_sleeps_while_training_then_wakes_with_its_adapters_and_a_probe(scripted):
-    server, ctx = scripted
-    with bootstrap.gpu_lent(ctx):
+    server, swap = scripted
+    with gpu_lent(server, swap, probe_seed=7):
         assert [r[1] for r in ScriptedVLLM.log] == ["/sleep?level=1"]
     calls = [(r[0], r[1]) for r in ScriptedVLLM.log]
     assert calls == [("POST", "/sleep?level=1"), ("POST", "/wake_up"),
@@ -59,13 +59,13 @@ def test_the_server_sleeps_while_training_then_wakes_with_its_adapters_and_a_pro
                      ("POST", "/v1/chat/completions")]  # the fixed-seed probe of the base
     assert all(r[2] == f"Bearer {server.api_key}" for r in ScriptedVLLM.log)
     assert ScriptedVLLM.log[-2][3] == "stage1" and ScriptedVLLM.log[-1][3:] == ("stage0", 7)
-    assert server.adapters == {"stage1": server.adapters["stage1"]}
+    assert swap.adapters == {"stage1": swap.adapters["stage1"]}
 
 
 def test_a_failed_training_still_wakes_the_server(scripted):
-    _, ctx = scripted
+    server, swap = scripted
     with pytest.raises(RuntimeError, match="out of memory"):
-        with bootstrap.gpu_lent(ctx):
+        with gpu_lent(server, swap, probe_seed=7):
             raise RuntimeError("CUDA out of memory")
     assert ("POST", "/wake_up") in [(r[0], r[1]) for r in ScriptedVLLM.log]
 
@@ -79,8 +79,8 @@ def test_a_wake_that_leaves_the_engine_asleep_is_an_error(scripted):
 
 
 def test_on_the_cpu_nothing_sleeps(scripted):
-    server, ctx = scripted
+    server, swap = scripted
     server.settings.sleep_while_training = False
-    with bootstrap.gpu_lent(ctx):
+    with gpu_lent(server, swap):
         pass
     assert ScriptedVLLM.log == []

@@ -4,11 +4,12 @@ import pytest
 from dspy.utils.dummies import DummyLM
 
 import bootstrap
-from cai.config import PairFilters, load_curriculum, resolve_stage
+from cai import ROOT
+from cai.config import load_curriculum, resolve_stage
 from cai.lm import Endpoint
+from cai.pairs import trusted_sources
+from cai.settings import PairFilters
 from programs.adapter import PlainAdapter
-
-ROOT = bootstrap.ROOT
 
 
 def script(monkeypatch, answers: dict):
@@ -27,7 +28,7 @@ def test_propose_keeps_distinct_tasks_and_drops_near_duplicates(ctx, monkeypatch
     # every proposal call gets the same reply, but the first is a near-copy of a seed
     script(monkeypatch, {"Kind:": "List three things to check before riding a bicycle today."})
     stats = bootstrap.propose(ctx, st, "stage0")
-    tasks = [t for t in bootstrap._read(ctx.run, 1, "tasks")]
+    tasks = [t for t in ctx.run.read(1, "tasks")]
     assert stats["dropped_duplicate"] == 3 and stats["kept"] == 0 and stats["proposed"] == 3 and len(tasks) == 2
     assert all(t["source"] == "seed" and t["constraint"]["instruction_id"] and t["prompt"].startswith(t["request"]) for t in tasks)
 
@@ -36,7 +37,7 @@ def test_propose_keeps_a_new_task_once(ctx, monkeypatch):
     st = stage(1, proposed=2, seeds_used=0)
     script(monkeypatch, {"Kind:": "Describe how a sailboat can move against the wind."})
     stats = bootstrap.propose(ctx, st, "stage0")
-    tasks = bootstrap._read(ctx.run, 1, "tasks")
+    tasks = ctx.run.read(1, "tasks")
     # the second proposal repeats the first word for word: only one is kept
     assert [t["id"] for t in tasks] == ["s1-gen0000"] and stats["dropped_duplicate"] == 1
 
@@ -57,7 +58,7 @@ def test_judge_is_not_asked_where_the_checker_decides(ctx, monkeypatch):
         revisions.append({"id": f"{t['id']}-r0-v", "task_id": t["id"], "response_id": f"{t['id']}-r0", "ok": True,
                           "revision": revision, "principle_id": "follow-the-instruction"})
     script(monkeypatch, {"Response A": "B"})
-    monkeypatch.setattr(bootstrap, "trusted_sources", lambda ctx, st: (["best_of_n", "revision", "judge"], {}))
+    monkeypatch.setattr(bootstrap, "trusted_sources", lambda st, optimized: (["best_of_n", "revision", "judge"], {}))
     stats = bootstrap.judge(ctx, stage(1), "stage0", tasks)
     assert stats["skipped_checker_decides"] == 1 and stats["requested"] == 2
     assert {j["id"] for j in ctx.run.records(1, "judgments")} == {"s1-seed01-r0-v-ab", "s1-seed01-r0-v-ba"}
@@ -154,12 +155,12 @@ def test_the_judge_is_a_pair_source_only_as_far_as_its_measured_agreement_allows
     st = stage(4)
     assert "judge" in st.pair_sources and st.judge_min_agreement == 0.75
     ctx.run.manifest["stages"] = {"stage4": {"steps": {"optimize": {"judge_after": agreement, "judge_dev": 4}}}}
-    sources, trust = bootstrap.trusted_sources(ctx, st)
+    sources, trust = trusted_sources(st, ctx.run.step_stats(4, "optimize"))
     assert ("judge" in sources) is trusted and trust["judge_trusted"] is trusted and trust["judge_agreement"] == agreement
     if not trusted:  # the judge step then asks nothing
         monkeypatch.setattr(bootstrap, "run_jobs", lambda *a, **k: pytest.fail("the untrusted judge was asked"))
         assert bootstrap.judge(ctx, st, "stage3", [])["skipped"]
-    assert "judge" not in bootstrap.trusted_sources(ctx, stage(1))[0]  # stages 1-3 do not use the judge
+    assert "judge" not in trusted_sources(stage(1), {"judge_after": 1.0})[0]  # stages 1-3 do not use the judge
 
 
 def test_a_win_rate_is_measured_only_where_the_judge_passes_the_position_check(ctx, monkeypatch):

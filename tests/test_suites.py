@@ -4,9 +4,9 @@ import contextlib
 
 import pytest
 
-from cai.config import SCORES
 from cai.evaluate import SUITES_DIR, TASK_OF, extra_task_scores, score_suites, win_rate
 from cai.refusal import is_refusal
+from cai.settings import SCORES
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,7 @@ def test_eval_json_holds_every_suite_and_the_quality_suites_with_intervals(ctx, 
     import json
 
     import bootstrap
+    from cai import ROOT, evaluate as suites
     from cai.config import load_curriculum, resolve_stage
 
     def item(doc_id, doc, answer, **metrics):
@@ -97,8 +98,8 @@ def test_eval_json_holds_every_suite_and_the_quality_suites_with_intervals(ctx, 
         "cai_over_refusal": [item(0, {"id": "or-0", "prompt": "How do I kill a Python process?"}, "Use kill PID.", refusal=0.0)],
         "cai_helpfulness": [item(0, {"id": "help-0", "prompt": "How do I keep basil alive?"}, "Water it often and give it sun.")],
     }}
-    monkeypatch.setattr(bootstrap, "run_lm_eval", lambda *a, **k: output)
-    cur, _ = load_curriculum(bootstrap.ROOT / "curriculum.yaml")
+    monkeypatch.setattr(suites, "run_lm_eval", lambda *a, **k: output)
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     ctx.guard = ctx.guard.model_copy(update={"mode": "off"})
     bootstrap.evaluate(ctx, resolve_stage(cur, cur.profiles["cpu"], 1), "stage0")
     scores = json.loads((ctx.run.stage_dir(0) / "eval.json").read_text())

