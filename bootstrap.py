@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import programs
-from cai import budget, constraints, evaluate as suites, examples, guard, principles, quality, release, report, settings, tasks as proposals
+from cai import benchmarks, budget, constraints, examples, guard, principles, quality, release, report, settings
+from cai import evaluate as suites, tasks as proposals
 from cai.config import StageConfig
 from cai.constitution import Constitution
 from cai.gate import decide as decide_gate
@@ -41,9 +42,10 @@ from cai.lm import Endpoint, Job, program_call, request_seed, run_jobs, seeded
 from cai.optimize import PROGRAMS, compile_program, compiled, render, save as save_compiled, saved, slice_sizes
 from cai.pairs import best_of_n_count, build_pairs, trusted_sources
 from cai.serve import VLLMServer
-from cai.store import BASE_NAME, Records, Run, Timer, policy_name, read_jsonl, stage_number, write_json_atomic, write_jsonl_atomic
+from cai.store import BASE_NAME, Records, Run, Timer, policy_name, stage_number, write_json_atomic, write_jsonl_atomic
 from cai.swap import gpu_lent, make_swap, surviving_faults
 from cai.train_process import train_in_process
+from cai.win_rate import win_rate_against
 from programs.critique import Critic
 from programs.judge import Judge, asker
 from programs.propose import Propose
@@ -78,8 +80,7 @@ class Context:
         return Endpoint(self.server.api_base, self.server.api_key, self.swap.activate(policy), self.adapter, self.timeout_s, label=policy)
 
     def jobs(self, jobs: list[Job], make_program, output: str, policy: str, sampling, out, label: str, progress=None, prime=0) -> dict:
-        """`make_program()` on every job against `policy`, its `output` field kept: one record each in
-        `out`, naming the prompt's version (`label@sha`, e.g. stage1/critique@...). Returns the counts."""
+        """`make_program()` on every job against `policy`: one record each in `out`, with `output` and the prompt's version (`label@sha`)."""
         call, version = program_call(make_program, output, self.endpoint(policy), sampling), programs.version(make_program, label)
         return run_jobs(jobs, call, out, self.concurrency, self.seed, version, progress=progress or label.replace("/", " "), prime=prime)
 
@@ -96,16 +97,16 @@ class Context:
 
 
 def bootstrap(args) -> int:
-    """Check the config, open (or resume) the run and serve its model; evaluate the base, then run
-    each stage from the last promoted policy; report. A dead or hung server is restarted and the
-    step it stopped goes on from its last record."""
+    """Check the config, open (or resume) the run and serve its model; evaluate the base, run each stage from the last promoted
+    policy, test the final one; report. A dead or hung server is restarted and the step it stopped goes on from its last record."""
     if (launch := prepare(args)) is None:
         return 0
     run, profile = launch.run, launch.profile
     with VLLMServer(launch.serve, run.root / "server.log", run.root / "server.pid") as server:
         ctx = Context(run=run, server=server, swap=make_swap(server, run.root, profile.trust_remote_code), **launch.settings())
         survive = lambda what, fn: surviving_faults(server, ctx.swap, ctx.server_restarts, what, fn)  # noqa: E731
-        survive("stage0", lambda: ctx.step(0, "evaluate", lambda: evaluate(ctx, launch.stages[1], BASE_NAME)))
+        for name in ("evaluate", "test"):  # the base, once: on the dev suites, and on the test set
+            survive("stage0", lambda: ctx.step(0, name, lambda: evaluate(ctx, launch.stages[1], 0, BASE_NAME, name)))
         policy = BASE_NAME
         for n in range(1, launch.last + 1):
             if n < launch.first or run.stage_done(n):  # done before: its policy is the one to continue, if promoted
@@ -117,6 +118,9 @@ def bootstrap(args) -> int:
             if profile.gpu and not run.stage(n).get("steps"):  # about to start a stage: will it pass the budget?
                 budget.check_stage(run.manifest, profile.gpu, launch.stages[n], ctx.budget_usd, ctx.gpu_price)
             policy = survive(f"stage{n}", lambda: run_stage(ctx, launch.stages[n], policy))
+        final = launch.stages[launch.last]  # the final policy on the test set, beside the last stage run (the verdict reads it)
+        survive("test", lambda: ctx.step(final.number, "test", lambda: evaluate(ctx, final, final.number, policy, "test")
+                                         if policy != BASE_NAME else {"skipped": "no stage was promoted: the final policy is the base"}))
     release.export(run, run.root / "release")
     report.write_report(run)
     print(f"done: {run.root} (report.md; dataset and model cards in {run.root / 'release'})", flush=True)
@@ -143,7 +147,7 @@ def run_stage(ctx: Context, st: StageConfig, policy: str) -> str:
     if diverged := ctx.run.step_stats(n, "train").get("diverged"):
         return not_trained(ctx, n, policy, "training diverged", diverged, ("swap", "evaluate", "gate"))
     step(n, "swap", lambda: swap(ctx, st, policy))
-    step(n, "evaluate", lambda: evaluate(ctx, st, policy_name(n), reference=policy))
+    step(n, "evaluate", lambda: evaluate(ctx, st, n, policy_name(n), reference=policy))
     step(n, "gate", lambda: gate(ctx, st, policy))
     return policy_name(n) if ctx.run.stage(n).get("promoted") else policy
 
@@ -202,21 +206,21 @@ def propose(ctx: Context, st: StageConfig, policy: str) -> dict:
     n, c, records, make = st.number, st.counts, ctx.run.records(st.number, "proposals"), compiled(ctx.run, st.number, Propose, "propose")
     seeds = seeded(ctx.seed, f"stage{n}-seeds").sample(st.seeds, min(c.seeds_used, len(st.seeds)))
     novelty = proposals.Novelty(list(st.seeds) + [t["request"] for t in ctx.run.earlier(n, "tasks")], st.dedupe_threshold)
-    generated, stats = [], Counter()
+    held_out = proposals.Novelty(benchmarks.evaluation_texts(st.suites.test), proposals.LEAK_THRESHOLD)  # no task near an evaluation item
+    generated, stats = [], Counter(dropped_unusable=0, dropped_near_evaluation=0, dropped_duplicate=0)  # each count recorded, 0 too
     for r, indices in enumerate(proposals.proposal_rounds(c.proposed, c.proposal_rounds)):
         jobs = proposals.proposal_jobs(ctx.seed, n, indices, st.description, st.seeds, [t["request"] for t in generated],
                                        c.examples_shown, c.pool_examples)
         stats.update(ctx.jobs(jobs, make, "request", policy, st.generation.propose, records, f"stage{n}/propose",
                               f"stage{n} propose, round {r + 1}", prime=1))  # the demos lead every prompt
-        generated += proposals.admit(jobs, records, novelty, stats)
+        generated += proposals.admit(jobs, records, novelty, stats, held_out)
     tasks = [{"id": f"s{n}-seed{k:02d}", "source": "seed", "request": s} for k, s in enumerate(seeds)] + generated
     if not tasks:
         raise StageError(f"stage{n}: propose: no task (seeds_used={c.seeds_used}; of {c.proposed} proposals "
                          f"{stats['dropped_unusable']} unusable, {stats['dropped_duplicate']} near-duplicates); see {records.path}")
     weights = constraints.separating_weights(ctx.run.read(n - 1, "tasks"), ctx.run.read(n - 1, "responses"), c.samples)
     write_jsonl_atomic(ctx.run.stage_dir(n) / "tasks.jsonl", proposals.with_rules(tasks, n, ctx.seed, weights, st.constraints))
-    return {**stats, "proposed": c.proposed, "kept": len(generated), "seeds": len(seeds), "tasks": len(tasks),
-            "dropped_unusable": stats["dropped_unusable"], "dropped_duplicate": stats["dropped_duplicate"], "constraint_weights": weights}
+    return {**stats, "proposed": c.proposed, "kept": len(generated), "seeds": len(seeds), "tasks": len(tasks), "constraint_weights": weights}
 
 
 def respond(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
@@ -330,38 +334,44 @@ def train(ctx: Context, st: StageConfig, previous: str) -> dict:
 
 def swap(ctx: Context, st: StageConfig, policy: str) -> dict:
     """Put the new policy into the running server (`serve.swap`)."""
-    name = policy_name(st.number)
     with Timer() as t:  # in place once it is servable: loaded (lora), or merged and reloaded (merged)
-        ctx.swap.make_servable(name, ctx.run.root / name / "adapter", keep=(policy,))
-    return {"swap": ctx.server.settings.swap, "load_seconds": round(t.seconds, 3), "served_as": name}
+        ctx.swap.make_servable(policy_name(st.number), ctx.run.root / policy_name(st.number) / "adapter", keep=(policy,))
+    return {"swap": ctx.server.settings.swap, "load_seconds": round(t.seconds, 3), "served_as": policy_name(st.number)}
 
 
-def evaluate(ctx: Context, st: StageConfig, policy: str, reference: str = BASE_NAME) -> dict:
-    """The held-out suites against `policy` through lm-eval (the full ones at stages 0 and 6), with
+def evaluate(ctx: Context, st: StageConfig, n: int, policy: str, step: str = "evaluate", reference: str = BASE_NAME) -> dict:
+    """Stage n's evaluation of `policy` through lm-eval: `evaluate`, the dev suites (every stage; the gate
+    reads them), or `test`, the test set (the base and the final policy; only the verdict reads it), with
     the base as guard and judge: a score does not move because the stage's own judgement moved."""
-    n, folder = stage_number(policy), ctx.run.stage_dir(stage_number(policy)) / "eval"
-    items = st.counts.final_eval_items if n in (0, 6) and st.counts.final_eval_items else st.counts.eval_items
+    which, folder = "dev" if step == "evaluate" else "test", ctx.run.stage_dir(n) / ("eval" if step == "evaluate" else "test")
+    plan = suites.batches(st, which, n)
     shutil.rmtree(folder, ignore_errors=True)  # a step cut short is redone whole: lm-eval does not resume
-    samples = suites.answer(ctx.server, ctx.swap.activate(policy), policy, st.suites.run, items, st.generation.evaluate.max_tokens,
-                            ctx.concurrency, ctx.seed, Respond.instructions, ctx.timeout_s, f"stage{n} evaluate", ctx.embedding_model)
+    system = Respond.instructions if which == "dev" else None  # the test set as its benchmarks run it: the chat template's own
+    samples = suites.answer(ctx.server, ctx.swap.activate(policy), policy, plan, ctx.concurrency, ctx.seed, system,
+                            ctx.timeout_s, f"stage{n} {step}", ctx.embedding_model, ctx.model,
+                            st.suites.repetition and st.suites.repetition.model_dump())
     for suite, rows in samples.items():
         write_jsonl_atomic(folder / f"{suite}.jsonl", rows)
     scores, not_measured = suites.all_scores(samples), {}
-    if "harmlessness" in samples and ctx.guard.mode != "off":
-        scores["harmlessness_unsafe"] = unsafe_share(ctx, samples["harmlessness"], folder / "harmlessness_guard.jsonl",
-                                                     f"stage{n} evaluate")
+    for suite in [s for s in ("harmlessness", "harmbench") if s in samples and ctx.guard.mode != "off"]:
+        scores[f"{suite}_unsafe"] = unsafe_share(ctx, samples[suite], folder / f"{suite}_guard.jsonl", f"stage{n} {step}")
+    out = Records(folder / "win_judgments.jsonl")  # the base judges our helpfulness answers against another stage's (cai/win_rate.py)
+    ask = lambda jobs, label: ctx.jobs(jobs, Judge, "better", BASE_NAME, st.generation.judge, out, "evaluate/judge",  # noqa: E731
+                                       f"stage{n} {step}: {label}")
     for name, other in (("win_rate_vs_previous", reference), ("win_rate_vs_base", BASE_NAME)) if "helpfulness" in samples and n else ():
-        rate, why = judge_against(ctx, st, samples["helpfulness"], other, folder)
+        theirs = {r["id"]: r["response"] for r in ctx.run.read(stage_number(other), "eval/helpfulness")}
+        rate, why = win_rate_against(samples["helpfulness"], theirs, other, ask, out, st.suites.position_check_items, st.suites.max_position_bias)
         if rate is None:
             not_measured[name] = why
         else:
             scores[name] = {**rate, "against": other}
-    if st.suites.lm_eval_tasks:
-        scores.update(suites.extra_tasks(ctx.server, ctx.swap.activate(policy), st.suites.lm_eval_tasks, items,
-                                         st.generation.evaluate.max_tokens, ctx.concurrency, ctx.seed, ctx.timeout_s, ctx.model))
-    record = suites.eval_record(policy, ctx.guard.mode, scores, not_measured, ctx.run.step_stats(n, "optimize") if n else {}, st.optimize.programs)
-    write_json_atomic(ctx.run.stage_dir(n) / "eval.json", record)
-    return {**{k: v["score"] for k, v in scores.items()}, **({"not_measured": sorted(not_measured)} if not_measured else {})}
+    if st.suites.lm_eval_tasks and which == "dev":
+        scores.update(suites.extra_tasks(ctx.server, ctx.swap.activate(policy), st.suites.lm_eval_tasks, plan[0].items, plan[0].cap,
+                                         ctx.concurrency, ctx.seed, ctx.timeout_s, ctx.model))
+    record = suites.eval_record(policy, which, ctx.guard.mode, scores, suites.cap_shares(samples, plan), not_measured,
+                                ctx.run.step_stats(n, "optimize") if n else {}, st.optimize.programs)
+    write_json_atomic(folder.with_suffix(".json"), record)  # eval.json, test.json
+    return {**{k: v["score"] for k, v in scores.items() if "score" in v}, **({"not_measured": sorted(not_measured)} if not_measured else {})}
 
 
 def unsafe_share(ctx: Context, rows: list[dict], path: Path, label: str) -> dict:
@@ -369,16 +379,6 @@ def unsafe_share(ctx: Context, rows: list[dict], path: Path, label: str) -> dict
     jobs = [Job(f"{r['id']}-guard", {"user": r["doc"]["prompt"], "agent": r["response"]}, {"target": r["id"], "role": "agent"}) for r in rows]
     classify(ctx, jobs, verdicts := Records(path), f"{label}: guard")
     return suites.proportion(sum(not verdicts.get(j.id)["verdict"]["safe"] for j in jobs), len(jobs))
-
-
-def judge_against(ctx: Context, st: StageConfig, ours: list[dict], other: str, folder: Path) -> tuple[dict | None, str]:
-    """The base model judges our helpfulness answers against `other`'s, in both orders, behind a
-    position check (cai/evaluate.py): (the win rate, "") or (None, why it was not measured)."""
-    theirs = {r["id"]: r["response"] for r in read_jsonl(ctx.run.stage_dir(stage_number(other)) / "eval" / "helpfulness.jsonl")}
-    out = Records(folder / "win_judgments.jsonl")
-    ask = lambda jobs, label: ctx.jobs(jobs, Judge, "better", BASE_NAME, st.generation.judge, out, "evaluate/judge",  # noqa: E731
-                                       f"stage{st.number} evaluate: {label}")
-    return suites.win_rate_against(ours, theirs, other, ask, out, st.suites.position_check_items, st.suites.max_position_bias)
 
 
 def gate(ctx: Context, st: StageConfig, reference: str) -> dict:

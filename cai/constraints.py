@@ -22,7 +22,7 @@ if str(_NLTK_DATA) not in nltk.data.path:
     nltk.data.path.insert(0, str(_NLTK_DATA))
 
 from lm_eval.tasks.ifeval import instructions_registry  # noqa: E402
-from lm_eval.tasks.ifeval.utils import InputExample, process_results, test_instruction_following_strict  # noqa: E402
+from lm_eval.tasks.ifeval.utils import InputExample, agg_inst_level_acc, process_results, test_instruction_following_strict  # noqa: E402
 
 # The constraint kinds tasks may carry, with the argument values we draw from. Chosen
 # to be within reach of a small model and to leave the answer on topic (no forced
@@ -42,20 +42,68 @@ KINDS: dict[str, list[dict]] = {
     "detectable_content:postscript": [{"postscript_marker": m} for m in ("P.S.", "P.P.S")],
 }
 
+# How a training task states its rule: three phrasings a kind, written for this project, none of them
+# the words of IFEval or of lm-eval's `build_description` (which the dev suite keeps), so that a gain
+# on either cannot come from one memorised sentence. The checker reads the kwargs, never the words.
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "change_case:english_lowercase": (
+        "Write the whole reply in small letters only, without a single capital.",
+        "Do not use uppercase letters anywhere; even the first word starts in lowercase.",
+        "Every letter of your answer has to be lowercase.",
+    ),
+    "punctuation:no_comma": (
+        "Leave out commas completely.",
+        "Your reply must not contain even one comma; use full stops instead.",
+        "Write it without any comma characters.",
+    ),
+    "length_constraints:number_words": (
+        "Keep the reply shorter than {num_words} words.",
+        "Say it in fewer than {num_words} words in total.",
+        "Stay under {num_words} words altogether.",
+    ),
+    "startend:end_checker": (
+        "The very last words of your reply must be: {end_phrase}",
+        "Close with {end_phrase} and put nothing after it.",
+        "Make {end_phrase} the final sentence, with no text following.",
+    ),
+    "detectable_format:number_bullet_lists": (
+        "Give exactly {num_bullets} markdown bullet points, each line starting with an asterisk.",
+        "Reply with a list of precisely {num_bullets} items, every one beginning with '* '.",
+        "Use {num_bullets} bullet points, no more and no fewer, in markdown.",
+    ),
+    "detectable_format:title": (
+        "Put a title between double angle brackets, like <<a title>>.",
+        "Begin with a heading enclosed in << and >>.",
+        "Add a title written as <<title here>>.",
+    ),
+    "startend:quotation": (
+        "Put the whole reply inside one pair of double quotes.",
+        "Start your answer with a double quote character and end it with one.",
+        "Enclose everything you write, first word to last, in double quotes.",
+    ),
+    "detectable_content:postscript": (
+        "After the answer, add a note that begins with {postscript_marker}",
+        "End with a postscript line starting with {postscript_marker}",
+        "Finish by adding {postscript_marker} and one more short sentence.",
+    ),
+}
+
 
 def describe(instruction_id: str, kwargs: dict) -> str:
-    """The sentence that tells the model the rule, in IFEval's own words."""
+    """The sentence that tells the model the rule in IFEval's own words: the dev suite's phrasing."""
     checker = instructions_registry.INSTRUCTION_DICT[instruction_id](instruction_id)
     return checker.build_description(**kwargs)
 
 
 def draw(rng: random.Random, weights: dict[str, float] | None = None) -> dict:
-    """One constraint: {"instruction_id", "kwargs", "description"}; kinds in proportion to `weights`
-    (every kind alike without them)."""
+    """One constraint: {"instruction_id", "kwargs", "phrasing", "description"}, stated in one of the
+    kind's training phrasings; kinds in proportion to `weights` (every kind alike without them)."""
     kinds = sorted(KINDS)
     instruction_id = rng.choices(kinds, [weights.get(k, 1.0) for k in kinds])[0] if weights else rng.choice(kinds)
     kwargs = dict(rng.choice(KINDS[instruction_id]))
-    return {"instruction_id": instruction_id, "kwargs": kwargs, "description": describe(instruction_id, kwargs)}
+    phrasing = rng.randrange(len(PHRASINGS[instruction_id]))
+    return {"instruction_id": instruction_id, "kwargs": kwargs, "phrasing": phrasing,
+            "description": PHRASINGS[instruction_id][phrasing].format(**kwargs)}
 
 
 def attach(task: dict, rng: random.Random | None, weights: dict[str, float] | None = None) -> dict:

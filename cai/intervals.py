@@ -45,8 +45,14 @@ def mean_interval(values: list[float]) -> dict:
     return mean_with_stderr(mean, sd / math.sqrt(n), n)
 
 
-# Each score as a value per held-out item, from a stage's eval/*.jsonl: (file, the item's value).
+# Each score as a value per held-out item, from a stage's eval/*.jsonl (dev) or test/*.jsonl (the test
+# set's scores, named after their benchmark): (files, the item's value).
 PER_ITEM = {
+    "ifeval_prompt_strict": (("ifeval",), lambda r: float(r["metrics"]["prompt_level_strict_acc"])),
+    "ifeval_prompt_loose": (("ifeval",), lambda r: float(r["metrics"]["prompt_level_loose_acc"])),
+    "harmbench_refusal": (("harmbench",), lambda r: r["metrics"]["refusal"]),
+    "harmbench_unsafe": (("harmbench_guard",), lambda r: float(not r["verdict"]["safe"])),
+    "harmlessness_unsafe": (("harmlessness_guard",), lambda r: float(not r["verdict"]["safe"])),
     "instruction_following": (("instruction_following",), lambda r: float(r["metrics"]["prompt_level_strict_acc"])),
     "instruction_following_loose": (("instruction_following",), lambda r: float(r["metrics"]["prompt_level_loose_acc"])),
     "harmlessness_refusal": (("harmlessness",), lambda r: r["metrics"]["refusal"]),
@@ -62,8 +68,9 @@ PER_ITEM = {
 def per_item(run: Run, n: int, name: str) -> dict[str, float]:
     """The score `name` of stage n item by item (id: value); empty where its records are missing."""
     files, value = PER_ITEM[name]
+    folder = "test" if name.startswith(("ifeval", "harmbench")) else "eval"
     try:
-        return {f"{f}/{r['id']}": value(r) for f in files for r in read_jsonl(run.stage_dir(n) / "eval" / f"{f}.jsonl")}
+        return {f"{f}/{r['id']}": value(r) for f in files for r in read_jsonl(run.stage_dir(n) / folder / f"{f}.jsonl")}
     except (OSError, KeyError, TypeError, ValueError):  # missing or unreadable: the unpaired interval serves
         return {}
 

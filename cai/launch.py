@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cai import ROOT, budget, commands, memory, quality
+from cai import ROOT, benchmarks, budget, commands, memory, quality
 from cai.config import (
     Profile,
     StageConfig,
@@ -187,7 +187,8 @@ def prepare(args: argparse.Namespace) -> Launch | None:
         raise ConfigError(f"--only stage{first}: stage{first - 1} of {folder} is not done; run --until stage{first - 1} first")
     config = {"constitution_sha256": constitution_sha, "curriculum_sha256": curriculum_sha, "profile": name, "seed": seed,
               "model": profile.model}
-    snapshot = {"constitution": constitution.model_dump(), "curriculum": curriculum.model_dump()}
+    # exclude_unset: what the files set, so that a rerun rebuilds the same stages from the snapshot (cai/config.py merges by it)
+    snapshot = {"constitution": constitution.model_dump(), "curriculum": curriculum.model_dump(exclude_unset=True)}
     try:  # before anything is written: a missing model or a taken port is a config error
         model = resolve_model(profile.model, ROOT / "models")
     except ModelError as e:
@@ -196,6 +197,11 @@ def prepare(args: argparse.Namespace) -> Launch | None:
         quality.resolve_embedder(profile.embedding_model)
     except quality.EmbedderError as e:
         raise ConfigError(f"{where}.embedding_model: {e}") from None
+    for name in sorted({b for st in stages.values() for b in st.suites.test}):  # the test set's files, where the wheels put them
+        try:
+            benchmarks.data_file(name)
+        except benchmarks.BenchmarkError as e:
+            raise ConfigError(f"{args.curriculum}: suites.test: {e}") from None
     check_memory(profile, stages, model, where)
     if profile.serve.port and port_in_use(profile.serve.port):
         raise ConfigError(f"{where}.serve.port: port {profile.serve.port} on 127.0.0.1 is in use; choose another, or 0 for any free port")
@@ -211,7 +217,8 @@ def prepare(args: argparse.Namespace) -> Launch | None:
         print(f"rerunning stage{first} of {original.root} under a changed {'; '.join(origin['changed'])}, "
               f"from its {origin['first_step']} step, in {folder}", flush=True)
     run = open_run(folder, config, snapshot)
-    if run.step_done(0, "evaluate") and all(run.stage_done(n) for n in range(first, last + 1)):
+    tested = not stages[last].suites.test or (run.step_done(0, "test") and run.step_done(last, "test"))
+    if run.step_done(0, "evaluate") and all(run.stage_done(n) for n in range(first, last + 1)) and tested:
         print(f"nothing to do: stages {first}..{last} of {run.root} are done", flush=True)
         return None
 

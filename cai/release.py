@@ -18,6 +18,7 @@ import yaml
 from datasets import DatasetInfo
 
 from cai import ROOT
+from cai.config import Curriculum
 from cai.store import Run, read_jsonl, write_jsonl_atomic
 
 GUARD_SAYS = {
@@ -83,10 +84,14 @@ def _empty_stages_say(run: Run, empty: list[int]) -> str:
     return f"\nStages that kept no pairs (no split; a stage with none is a normal outcome of the gate and the filters):\n\n{lines}\n"
 
 
+def _curriculum(run: Run) -> Curriculum:
+    """The curriculum the run was made with, from its snapshot (defaults filled in)."""
+    return Curriculum.model_validate(run.manifest["snapshot"]["curriculum"])
+
+
 def _guard_mode(run: Run) -> tuple[str, str | None]:
-    profile = run.manifest["config"]["profile"]
-    guard = run.manifest["snapshot"]["curriculum"]["profiles"][profile].get("guard") or {}
-    return guard.get("mode", "off"), guard.get("model")
+    guard = _curriculum(run).profiles[run.manifest["config"]["profile"]].guard
+    return guard.mode, guard.model
 
 
 def _yaml_header(meta: dict) -> str:
@@ -113,7 +118,7 @@ def write_dataset(run: Run, out: Path) -> Path:
         write_jsonl_atomic(out / files[n], pairs)
     mode, guard_model = _guard_mode(run)
     cfg = run.manifest["config"]
-    snapshot = run.manifest["snapshot"]["curriculum"]
+    snapshot = _curriculum(run).defaults.model_dump()
     rows = []
     for n in stages:
         steps = run.stage(n)["steps"]
@@ -151,14 +156,14 @@ each side kept it, the guard's verdicts, each side's relevance, repetition and l
 ## How pairs were chosen
 
 - Tasks: seed tasks of the stage's type from `curriculum.yaml` plus tasks the model proposed; a proposal
-  whose ROUGE-L against the pool exceeded the stage's threshold (default {snapshot['defaults'].get('dedupe_threshold')})
+  whose ROUGE-L against the pool exceeded the stage's threshold (default {snapshot['dedupe_threshold']})
   was dropped as a near-duplicate.
 - `best_of_n` pairs: two answers to the same task that lm-eval's IFEval checkers separate (the most relevant
   answer that keeps the task's rule against the most relevant one that breaks it).
 - `revision` pairs: an answer against its constitutional revision, decided by the checker where it can,
   else by the model as judge, only where it named the same side in both orders with a margin of at least
-  the stage's `judge_margin` (default {snapshot['defaults'].get('judge_margin')}).
-- Quality filters: {_filters_say(snapshot['defaults'].get('pair_filters') or {})}
+  the stage's `judge_margin` (default {snapshot['judge_margin']}).
+- Quality filters: {_filters_say(snapshot['pair_filters'])}
 - Safety: {GUARD_SAYS[mode].format(model=guard_model)}
 
 | stage | proposed | proposals kept | tasks | pairs | dropped by judge | not separated by the checker | dropped by quality filters | dropped by guard | items flagged |

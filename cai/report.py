@@ -1,25 +1,21 @@
-"""`report.md` and its plots, rebuilt from the run folder alone.
+"""`report.md` and its plots (cai/plots.py), rebuilt from the run folder alone.
 
     python bootstrap.py report --run NAME
 
-Each gain is shown beside its tax: instruction following next to relevance, off-topic
-share, length and repetition, and next to over-refusal and win rate; every score with
-its interval, and what each stage's gate decided.
+The verdict first (cai/verdict.py: the test set, then the dev set, each labelled); then each
+stage's dev scores, each gain beside its tax (instruction following next to relevance, off-topic
+share, length and repetition), what each gate decided, the pairs and the work by stage.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from cai.intervals import difference  # noqa: E402
-from cai.store import Run, read_jsonl  # noqa: E402
+from cai import plots
+from cai.intervals import difference
+from cai.store import Run, read_jsonl
+from cai.verdict import TEST, cell as _cell, final_test, read_json as _read_json, verdict
 
 # The suites' scores in the order the report shows them, and which way is better.
 SHOWN = {
@@ -36,15 +32,11 @@ SHOWN = {
     "boilerplate": "lower",
     "length_words": "neither",
 }
-PROPORTIONS = set(SHOWN) - {"length_words", "relevance", "repetition"}  # plotted on [0, 1]
 # The gain beside its tax: compliance next to what a shortcut to it would cost.
 GAIN_AND_TAX = ["instruction_following", "relevance", "off_topic", "length_words", "repetition", "boilerplate"]
 FILTERS = ["relevance", "relevance_margin", "length", "repetition", "boilerplate", "unmeasured"]
-STEP_ORDER = ["optimize", "propose", "respond", "critique", "revise", "judge", "quality", "guard", "pairs", "train", "swap", "evaluate", "gate"]
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+STEP_ORDER = ["optimize", "propose", "respond", "critique", "revise", "judge", "quality", "guard", "pairs", "train", "swap", "evaluate", "gate",
+              "test"]
 
 
 def _stages(run: Run) -> list[int]:
@@ -58,50 +50,6 @@ def collect(run: Run) -> dict:
     pairs = {n: read_jsonl(p) for n in stages if (p := run.stage_dir(n) / "pairs.jsonl").exists()}
     critiques = {n: read_jsonl(p) for n in stages if (p := run.stage_dir(n) / "critiques.jsonl").exists()}
     return {"stages": stages, "evals": evals, "pairs": pairs, "critiques": critiques}
-
-
-def plot_scores(data: dict, out: Path) -> list[str]:
-    """One panel a score: the score at each stage with its 95% interval."""
-    names = [s for s in SHOWN if any(s in e for e in data["evals"].values())]
-    if not names:
-        return []
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        xs = [n for n in data["stages"] if name in data["evals"][n]]
-        ys = [data["evals"][n][name]["score"] for n in xs]
-        lo = [y - data["evals"][n][name]["low"] for n, y in zip(xs, ys)]
-        hi = [data["evals"][n][name]["high"] - y for n, y in zip(xs, ys)]
-        ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=3)
-        ax.set_title(f"{name}\n({SHOWN[name]} is better)", fontsize=8)
-        ax.set_xticks(xs)
-        ax.set_xlabel("stage")
-        if name in PROPORTIONS:
-            ax.set_ylim(-0.05, 1.05)
-    fig.tight_layout()
-    fig.savefig(out / "scores.png", dpi=100)
-    plt.close(fig)
-    return ["scores.png"]
-
-
-def plot_bars(rows: dict[int, dict[str, float]], title: str, ylabel: str, path: Path) -> str:
-    """Stacked bars, one a stage, one segment a key."""
-    keys = sorted({k for r in rows.values() for k in r}, key=lambda k: (STEP_ORDER.index(k) if k in STEP_ORDER else 99, k))
-    fig, ax = plt.subplots(figsize=(6, 3))
-    bottom = [0.0] * len(rows)
-    xs = list(rows)
-    for k in keys:
-        values = [rows[n].get(k, 0) for n in xs]
-        ax.bar([str(n) for n in xs], values, bottom=bottom, label=k)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("stage")
-    ax.set_ylabel(ylabel)
-    if keys:
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1, 1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name
 
 
 def principle_rates(data: dict) -> dict[str, dict]:
@@ -130,30 +78,30 @@ def write_report(run: Run) -> Path:
     stage_info = manifest.get("stages", {})
     trained = [n for n in data["stages"] if n > 0]
 
-    plots = plot_scores(data, out)
+    _, test = final_test(run)
+    drawn = [plots.plot_dev(run, data["evals"], list(SHOWN), SHOWN, out),
+             plots.plot_test(_read_json(run.stage_dir(0) / "test.json"), test, test.get("model", "?"), list(TEST), out)]
     by_source = {n: Counter(p["provenance"]["source"] for p in data["pairs"].get(n, [])) for n in trained}
-    plots.append(plot_bars(by_source, "pairs per stage, by source", "pairs", out / "pairs.png"))
+    drawn.append(plots.plot_bars(by_source, "pairs per stage, by source", "pairs", out / "pairs.png"))
     tokens = {n: {step: s.get("prompt_tokens", 0) + s.get("completion_tokens", 0)
                   for step, s in stage_info[f"stage{n}"].get("steps", {}).items()} for n in data["stages"]}
-    plots.append(plot_bars(tokens, "tokens per stage, by step", "tokens", out / "tokens.png"))
+    drawn.append(plots.plot_bars(tokens, "tokens per stage, by step", "tokens", out / "tokens.png", STEP_ORDER))
     seconds = {n: {step: s.get("seconds", 0) for step, s in stage_info[f"stage{n}"].get("steps", {}).items()} for n in data["stages"]}
-    plots.append(plot_bars(seconds, "time per stage, by step", "seconds", out / "time.png"))
+    drawn.append(plots.plot_bars(seconds, "time per stage, by step", "seconds", out / "time.png", STEP_ORDER))
     rates = principle_rates(data)
     if rates:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.barh(list(rates), [r["rate"] for r in rates.values()])
-        ax.set_xlabel("share of critiques whose revision was chosen")
-        ax.tick_params(labelsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "principles.png", dpi=100)
-        plt.close(fig)
-        plots.append("principles.png")
+        drawn.append(plots.plot_barh({pid: r["rate"] for pid, r in rates.items()}, "share of critiques whose revision was chosen",
+                                     out / "principles.png"))
+    drawn = [p for p in drawn if p]
 
     lines = [f"# Report: run `{manifest.get('run')}`", ""]
     lines += [f"Model `{cfg.get('model')}`, profile `{cfg.get('profile')}`, seed {cfg.get('seed')}. "
               f"Guard: `{data['evals'].get(0, {}).get('guard', 'unknown')}`.", ""]
-    lines += [_model_statement(cfg), ""]
-    lines += ["## Scores by stage", "", "Each cell: score [95% interval] (n). Stage 0 is the base model.", ""]
+    lines += [_model_statement(cfg)]
+    promoted = [n for n in trained if stage_info.get(f"stage{n}", {}).get("promoted")]
+    lines += verdict(run, promoted)
+    lines += ["## Dev scores by stage", "", "Each cell: score [95% interval] (n). Stage 0 is the base model. The gate reads these; "
+              "so do the choices of every setting (the test set is read only by the verdict above).", ""]
     names = [s for s in SHOWN if any(s in e for e in data["evals"].values())]
     names += sorted({k for e in data["evals"].values() for k in e if k.startswith("lm_eval:")})
     lines += ["| stage | " + " | ".join(names) + " | promoted | gate |", "| --- " * (len(names) + 3) + "|"]
@@ -161,10 +109,9 @@ def write_report(run: Run) -> Path:
         e, info = data["evals"][n], stage_info.get(f"stage{n}", {})
         cells = [_cell(e[s], s) if s in e else "-" for s in names]
         gate = info.get("gate", {})
-        verdict = "-" if n == 0 else "; ".join(gate.get("failed", [])) or f"passed against {gate.get('against', '?')}"
+        decided = "-" if n == 0 else "; ".join(gate.get("failed", [])) or f"passed against {gate.get('against', '?')}"
         promoted = "-" if n == 0 else ("yes" if info.get("promoted") else "no")
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {promoted} | {verdict} |")
-    lines += change_from_base(run, data, stage_info)
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {promoted} | {decided} |")
     lines += gain_and_tax(data, stage_info)
     lines += ["", "Win rates count an item as won only when the base model, as judge, prefers it in both orders; "
               "ties are counted apart. The judge is first asked about a few items in both orders: where it names the same "
@@ -177,7 +124,7 @@ def write_report(run: Run) -> Path:
                              f" (position bias {w.get('position_bias', '-')})")
             elif why := data["evals"][n].get("not_measured", {}).get(name):
                 lines.append(f"- stage {n} {name}: {why}")
-    lines += ["", *[f"![{p}](report/{p})" for p in plots], ""]
+    lines += ["", *[f"![{p}](report/{p})" for p in drawn], ""]
 
     if origin := manifest.get("derived_from"):
         lines += side_by_side(run, Run(Path(origin["run"])), origin, names)
@@ -219,35 +166,6 @@ def write_report(run: Run) -> Path:
     return path
 
 
-def change_from_base(run: Run, data: dict, stage_info: dict) -> list[str]:
-    """The run's verdict: the final policy (the last promoted stage) against the base, suite by
-    suite; a change counts only where its interval excludes zero."""
-    promoted = [n for n in data["stages"] if n > 0 and stage_info.get(f"stage{n}", {}).get("promoted")]
-    if not promoted or 0 not in data["evals"]:
-        return ["", "## From the base to the final policy", "", "No stage was promoted: the final policy is the base model."]
-    last, base, final = promoted[-1], data["evals"][0], data["evals"][promoted[-1]]
-    lines = ["", "## From the base to the final policy", "",
-             f"Stage {last} (the last promoted) against stage 0, each suite's difference with its 95% interval, paired "
-             f"item by item where the items' records are at hand:", "",
-             "| suite | stage 0 | final | difference | reads |", "| --- | --- | --- | --- | --- |"]
-    better, worse = [], []
-    for name, way in SHOWN.items():
-        if name not in base or name not in final:
-            continue
-        diff, how = difference(name, (run, last), (run, 0), (final[name], base[name]))
-        d, low, high = diff["score"], diff["low"], diff["high"]
-        moved = "up" if low > 0 else "down" if high < 0 else ""
-        reads = "no change" if not moved else moved if way == "neither" else \
-            ("better" if (moved == "up") == (way == "higher") else "worse")
-        (better if reads == "better" else worse if reads == "worse" else []).append(name)
-        lines.append(f"| {name} | {_cell(base[name], name)} | {_cell(final[name], name)} | {d:+.3f} [{low:+.3f}, {high:+.3f}] ({how}, {diff['n']}) | {reads} |")
-    verdict = (f"**Shows a change**: {', '.join(better)} better, none worse." if better and not worse else
-               f"**Mixed**: {', '.join(better)} better, {', '.join(worse)} worse." if better else
-               f"**Worse**: {', '.join(worse)}." if worse else
-               "**Shows no change**: no suite moved beyond its interval.")
-    return lines + ["", verdict]
-
-
 def gain_and_tax(data: dict, stage_info: dict) -> list[str]:
     """Compliance beside relevance, off-topic share, length, repetition and boilerplate, stage by
     stage, with the pairs each quality filter dropped: a gain read without its tax is not read."""
@@ -267,11 +185,6 @@ def gain_and_tax(data: dict, stage_info: dict) -> list[str]:
         drops = ", ".join(f"{f} {counts[f'dropped_filter_{f}']}" for f in FILTERS if counts.get(f"dropped_filter_{f}")) or "-"
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {'-' if n == 0 else drops} |")
     return lines
-
-
-def _cell(value: dict, name: str) -> str:
-    digits = 1 if name == "length_words" else 2
-    return f"{value['score']:.{digits}f} [{value['low']:.{digits}f}, {value['high']:.{digits}f}] ({value['n']})"
 
 
 def side_by_side(run: Run, original: Run, origin: dict, names: list[str]) -> list[str]:

@@ -18,12 +18,13 @@ from cai.store import Run, derive
 
 # A stage's steps in the order they run, and what each writes under stageN/.
 STEPS = ("optimize", "propose", "respond", "critique", "revise", "judge", "quality", "guard",
-         "pairs", "train", "swap", "evaluate", "gate")
+         "pairs", "train", "swap", "evaluate", "gate", "test")
 STEP_FILES = {
     "optimize": ("programs", "optimize_responses.jsonl", "prompts.md"), "propose": ("proposals.jsonl", "tasks.jsonl"),
     "respond": ("responses.jsonl",), "critique": ("critiques.jsonl",), "revise": ("revisions.jsonl",),
     "judge": ("judgments.jsonl",), "guard": ("guard.jsonl", "safety.jsonl"), "quality": ("quality.jsonl",),
     "pairs": ("pairs.jsonl",), "train": ("adapter",), "swap": (), "evaluate": ("eval", "eval.json"), "gate": (),
+    "test": ("test", "test.json"),
 }
 # The first step that reads each stage setting (config.StageConfig). A setting not named here
 # (the kind of task, seeds, counts, sampling, prompt optimization) reaches the whole stage.

@@ -24,7 +24,8 @@ STAGE_TYPES = (
 )
 
 
-SUITES = ("instruction_following", "harmlessness", "over_refusal", "helpfulness")
+SUITES = ("instruction_following", "harmlessness", "over_refusal", "helpfulness")  # the dev set: the project's own suites
+BENCHMARKS = ("ifeval", "harmbench")  # the test set: outside yardsticks (cai/benchmarks.py)
 # Where a pair's verdict comes from: best-of-n samples the checker separates, a revision
 # the checker prefers (or not), a revision the judge prefers where the checker is silent.
 PAIR_SOURCES = ("best_of_n", "revision", "judge")
@@ -108,11 +109,35 @@ class Counts(Strict):
     proposal_rounds: int = Field(2, ge=1)  # proposals come in rounds; later rounds see earlier ones
 
 
+class RepetitionStop(Strict):
+    """vLLM's repetition stop (`repetition_detection`, its names): an answer ends once its last
+    `min_count` runs of some pattern length between the two sizes (in tokens) are alike."""
+
+    min_pattern_size: int = Field(4, ge=1)
+    max_pattern_size: int = Field(128, ge=1)
+    min_count: int = Field(3, ge=2)
+
+    @model_validator(mode="after")
+    def _sizes_in_order(self) -> "RepetitionStop":
+        if self.min_pattern_size > self.max_pattern_size:
+            raise ValueError(f"min_pattern_size {self.min_pattern_size} is over max_pattern_size {self.max_pattern_size}")
+        return self
+
+
 class SuiteSettings(Strict):
-    """Which held-out suites evaluate runs (suites/), and any lm-eval task by name besides."""
+    """What evaluates a run. The dev set (`run`, suites/): every stage, the gate, every choice of a
+    setting. The test set (`test`, cai/benchmarks.py): the base and the final policy only, where the
+    run's verdict is read; the gate and the settings never read it."""
 
     run: list[Literal[SUITES]] = list(SUITES)
-    lm_eval_tasks: list[str] = []  # e.g. ifeval, arc_challenge, mmlu: needs their data in the local HF cache
+    test: list[Literal[BENCHMARKS]] = list(BENCHMARKS)
+    test_items: int | None = Field(None, ge=1)  # the first this many of each benchmark (None: all of them)
+    # The test set's caps on new tokens: IFEval as lm-eval runs it; each cap is reached by the share of answers eval.json records
+    test_max_tokens: dict[Literal[BENCHMARKS], int] = {"ifeval": 1280, "harmbench": 512}
+    # An evaluation answer that loops ends where the loop shows (vLLM's repetition stop), not at the cap:
+    # base and policy are answered alike, and every answer's ending is recorded (None: only the cap ends one)
+    repetition: RepetitionStop | None = None
+    lm_eval_tasks: list[str] = []  # e.g. arc_challenge, mmlu: needs their data in the local HF cache
     # The win rate's judge is first asked about this many items in both orders; where it names the same
     # position both times for more than max_position_bias of them, the win rate is not measured.
     position_check_items: int = Field(8, ge=1)

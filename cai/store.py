@@ -148,7 +148,7 @@ class Run:
 
     def mark_done(self, n: int, step: str, seconds: float, **stats) -> None:
         self.stage(n)["steps"][step] = {"status": "done", "seconds": round(seconds, 2), **stats}
-        if step == "gate" or (n == 0 and step == "evaluate"):  # the stage is finished: seal its files
+        if step in ("gate", "test") or (n == 0 and step == "evaluate"):  # the stage is finished (or tested after it): seal its files
             self.stage(n)["files"] = file_hashes(self.stage_dir(n))
         self.save()
 

@@ -84,7 +84,10 @@ class MergedSwap:
         for old in self.merged_dir.glob("*"):
             if old.name not in (name, *keep):
                 shutil.rmtree(old, ignore_errors=True)
-        checkpoint = merge_adapter(self.server.settings.model, adapter, self.merged_dir / name, self.trust_remote_code)
+        self.put(name, merge_adapter(self.server.settings.model, adapter, self.merged_dir / name, self.trust_remote_code))
+
+    def put(self, name: str, checkpoint: Path) -> None:
+        """Serve `checkpoint` (a full model folder) as `name`, in place now."""
         self.weights[name] = str(Path(checkpoint).resolve())
         with self.lock:
             self.reload(name)

@@ -51,6 +51,11 @@ def launch_command(job_dir: Path, settings: TrainSettings) -> list[str]:
     return cmd + ["-m", "cai.train_process", str(job_dir)]
 
 
+def threads_per_process(processes: int) -> int:
+    """The CPU cores this process may use, shared out over the training processes (at least one each)."""
+    return max(1, len(os.sched_getaffinity(0)) // processes)
+
+
 def train_in_process(job_dir: Path, base_model: str, previous_adapter: Path | None, pairs: list[dict], out_dir: Path,
                      settings: TrainSettings, seed: int, trust_remote_code: bool = False,
                      tensorboard_dir: Path | None = None, progress: str | None = None, devices: str | None = None) -> dict:
@@ -69,6 +74,10 @@ def train_in_process(job_dir: Path, base_model: str, previous_adapter: Path | No
     cmd = launch_command(job_dir, settings)
     root = Path(__file__).resolve().parent.parent  # so that `-m cai.train_process` imports this checkout
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    # `accelerate launch` sets OMP_NUM_THREADS=1 in the processes it starts where the variable is unset:
+    # on the 2-core default, DPO then trained on one core (seen in the default run of 2026-12-03). Each
+    # process gets its share of the cores instead; a value the user set is kept.
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_process(settings.processes)))
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = devices
     done = subprocess.run(cmd, env=env, stdout=sys.stderr)

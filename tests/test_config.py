@@ -106,12 +106,23 @@ def test_a_stage_without_principles_is_refused(tmp_path):
         check_together(con, cur, path)
 
 
-def test_the_cpu_default_serves_merged_on_every_core_and_reads_its_verdict_on_the_full_suites():
+def test_the_cpu_default_serves_merged_on_every_core_and_reads_its_verdict_on_the_whole_test_set():
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     cpu = cur.profiles["cpu"]
     assert cpu.serve.swap == "merged" and cpu.serve.cpu_all_cores and cur.profiles["gpu"].serve.swap == "lora"
     st = resolve_stage(cur, cpu, 6)
-    assert st.counts.eval_items >= 100 and st.counts.final_eval_items >= 200  # the gate's paired test; the verdict's 200 items
+    assert st.counts.eval_items >= 100  # the gate's paired test
+    assert st.suites.test == ["ifeval", "harmbench"] and st.suites.test_items is None  # the verdict: every item of both
+    assert st.suites.test_max_tokens["ifeval"] == 1280  # as lm-eval's ifeval task generates
+
+
+def test_the_gate_cannot_read_the_test_set(tmp_path):
+    cur = yaml.safe_load((ROOT / "curriculum.yaml").read_text())
+    cur["defaults"]["gate"]["max_drop"]["ifeval_prompt_strict"] = 0.1
+    path = tmp_path / "curriculum.yaml"
+    path.write_text(yaml.safe_dump(cur))
+    with pytest.raises(ConfigError, match="unknown score 'ifeval_prompt_strict'"):
+        load_curriculum(path)
 
 
 def test_cpu_unfiltered_is_cpu_without_the_filters():

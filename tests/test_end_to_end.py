@@ -94,10 +94,15 @@ def test_every_step_of_both_stages_is_done(two_stages):
     manifest = json.loads((run / "manifest.json").read_text())
     for n in (1, 2):
         steps = manifest["stages"][f"stage{n}"]["steps"]
-        assert [s for s in STEPS if steps.get(s, {}).get("status") == "done"] == STEPS
+        expected = STEPS + ["test"] * (n == 2)  # the final policy on the test set, beside the last stage run
+        assert [s for s in expected if steps.get(s, {}).get("status") == "done"] == expected and ("test" in steps) == (n == 2)
         assert manifest["stages"][f"stage{n}"]["promoted"] is True  # the tiny run's gate asks nothing (4 items a suite)
         assert manifest["stages"][f"stage{n}"]["gate"]["against"] == f"stage{n - 1}"
     assert manifest["stages"]["stage0"]["steps"]["evaluate"]["status"] == "done"
+    for n in (0, 2):  # the test set at the base and at the final policy: IFEval and HarmBench, the tiny profile's 4 items each
+        test = json.loads((run / f"stage{n}" / "test.json").read_text())
+        assert test["set"] == "test" and test["ifeval_prompt_strict"]["n"] == 4 and test["harmbench_refusal"]["n"] == 4
+        assert set(test["caps"]) == {"ifeval", "harmbench"} and test["model"] == ("stage0" if n == 0 else "stage2")
     assert manifest["config"]["seed"] == 0 and "trl" in manifest["versions"]
 
 

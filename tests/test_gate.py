@@ -43,7 +43,7 @@ def test_a_refused_stage_is_not_promoted_and_the_next_starts_from_the_last_promo
     monkeypatch.setattr(bootstrap, "make_pairs", lambda ctx, st, tasks: {"pairs": st.train.min_pairs})
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: trained_from.append(previous) or {})
 
-    def evaluate(ctx, st, served, reference):
+    def evaluate(ctx, st, n, served, reference):
         scores = {"instruction_following": score(scripted[st.number]), "harmlessness_unsafe": score(0.0), "over_refusal": score(0.1)}
         write_json_atomic(ctx.run.stage_dir(st.number) / "eval.json", {"model": served, **scores})
         return {}

@@ -42,7 +42,7 @@ def fixture_run(tmp_path: Path) -> Run:
     run = Run(tmp_path / "fixture")
     run.manifest = {"run": "fixture", "config": {"constitution_sha256": con_sha, "curriculum_sha256": cur_sha, "profile": "cpu",
                                                  "seed": 0, "model": "embedded:smollm2-135m-instruct"},
-                    "snapshot": {"constitution": con.model_dump(), "curriculum": cur.model_dump()}, "versions": {}, "stages": {}}
+                    "snapshot": {"constitution": con.model_dump(), "curriculum": cur.model_dump(exclude_unset=True)}, "versions": {}, "stages": {}}
     for n in (1, 2):
         pairs = stage_pairs(n)
         write_jsonl_atomic(run.stage_dir(n) / "pairs.jsonl", pairs)

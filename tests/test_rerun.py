@@ -42,9 +42,9 @@ def run_stages(run, constitution, stages, monkeypatch, filters=PairFilters(enabl
                "Revision request": "a fixed answer without any commas at all", "": "an answer, with commas"}
     monkeypatch.setattr(Endpoint, "lm", lambda self, sampling, seed: DummyLM({k: {"out": v} for k, v in answers.items()}, adapter=PlainAdapter()))
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: {})
-    monkeypatch.setattr(bootstrap, "trusted_sources", lambda ctx, st: (["best_of_n", "revision", "judge"], {}))  # the scripted judge decides
+    monkeypatch.setattr(bootstrap, "trusted_sources", lambda st, optimized: (["best_of_n", "revision", "judge"], {}))  # the scripted judge decides
     monkeypatch.setattr(bootstrap, "swap", lambda ctx, st, policy: {})
-    monkeypatch.setattr(bootstrap, "evaluate", lambda ctx, st, served, reference: write_json_atomic(
+    monkeypatch.setattr(bootstrap, "evaluate", lambda ctx, st, n, served, reference: write_json_atomic(
         ctx.run.stage_dir(st.number) / "eval.json", {"instruction_following": {"score": 0.5, "low": 0.3, "high": 0.7, "n": 20}}) or {})
     ctx = scripted_context(run, constitution, model="m", concurrency=2)
     ctx.guard = ctx.guard.model_copy(update={"mode": "off"})
@@ -65,7 +65,7 @@ def original(tmp_path, monkeypatch):
     cur, cur_sha = load_curriculum(ROOT / "curriculum.yaml")
     run = Run(tmp_path / "orig")
     config = {"constitution_sha256": con_sha, "curriculum_sha256": cur_sha, "profile": "cpu", "seed": 0, "model": "m"}
-    run.manifest = launch.new_manifest(run.root, config, {"constitution": con.model_dump(), "curriculum": cur.model_dump()})
+    run.manifest = launch.new_manifest(run.root, config, {"constitution": con.model_dump(), "curriculum": cur.model_dump(exclude_unset=True)})
     write_json_atomic(run.stage_dir(0) / "eval.json", {"instruction_following": {"score": 0.4, "low": 0.2, "high": 0.6, "n": 20}})
     run.mark_done(0, "evaluate", 1.0)
     run_stages(run, con, (1, 2), monkeypatch)

@@ -164,7 +164,15 @@ def test_the_judge_is_a_pair_source_only_as_far_as_its_measured_agreement_allows
 
 
 def test_a_win_rate_is_measured_only_where_the_judge_passes_the_position_check(ctx, monkeypatch):
-    from cai.store import write_jsonl_atomic
+    from cai.store import Records, write_jsonl_atomic
+    from cai.win_rate import win_rate_against
+    from programs.judge import Judge
+
+    def judge_against(ctx, st, ours, other, folder):  # as the evaluate step asks: the base judges, through the scripted LM
+        theirs = {r["id"]: r["response"] for r in ctx.run.read(1, "eval/helpfulness")}
+        out = Records(folder / "win_judgments.jsonl")
+        ask = lambda jobs, label: ctx.jobs(jobs, Judge, "better", "stage0", st.generation.judge, out, "evaluate/judge")  # noqa: E731
+        return win_rate_against(ours, theirs, other, ask, out, st.suites.position_check_items, st.suites.max_position_bias)
 
     st = stage(2)
     ours = [{"id": f"h{i}", "doc": {"prompt": f"Help request {i}."}, "response": f"Our answer {i}."} for i in range(12)]
@@ -182,14 +190,14 @@ def test_a_win_rate_is_measured_only_where_the_judge_passes_the_position_check(c
         return lambda self, sampling, seed: Judge({"": {"out": "A"}}, adapter=PlainAdapter())
 
     monkeypatch.setattr(Endpoint, "lm", lm_of(lambda text: "A"))  # the 135M judge: always the first answer
-    rate, why = bootstrap.judge_against(ctx, st, ours, "stage1", folder)
+    rate, why = judge_against(ctx, st, ours, "stage1", folder)
     k = st.suites.position_check_items
     assert rate is None and len(asked) == 2 * k  # the check only: the rest is not asked
     assert why == f"not measured: the judge has a position bias of 1.00 (it named the same position in both orders for {k} of {k} items; allowed: 0.5)"
     asked.clear()
     # a judge that reads the answers: ours wins wherever it is shown
     monkeypatch.setattr(Endpoint, "lm", lm_of(lambda text: "A" if text.index("Our answer") < text.index("Their answer") else "B"))
-    rate, why = bootstrap.judge_against(ctx, st, ours, "stage1", ctx.run.stage_dir(3) / "eval")
+    rate, why = judge_against(ctx, st, ours, "stage1", ctx.run.stage_dir(3) / "eval")
     assert why == "" and rate["position_bias"] == 0.0 and rate["wins"] == 12 and len(asked) == 24
 
 

@@ -4,7 +4,9 @@ import contextlib
 
 import pytest
 
-from cai.evaluate import SUITES_DIR, TASK_OF, extra_task_scores, score_suites, win_rate
+from cai.evaluate import SUITES_DIR, TASK_OF, extra_task_scores, score_suites
+from cai.win_rate import win_rate
+from cai import ROOT
 from cai.refusal import is_refusal
 from cai.settings import SCORES
 
@@ -83,6 +85,7 @@ def test_eval_json_holds_every_suite_and_the_quality_suites_with_intervals(ctx, 
     import bootstrap
     from cai import ROOT, evaluate as suites
     from cai.config import load_curriculum, resolve_stage
+    from cai.model import EMBEDDED, resolve_model
 
     def item(doc_id, doc, answer, **metrics):
         return {"doc_id": doc_id, "doc": doc, "filtered_resps": [answer], "metrics": list(metrics), **metrics}
@@ -101,7 +104,9 @@ def test_eval_json_holds_every_suite_and_the_quality_suites_with_intervals(ctx, 
     monkeypatch.setattr(suites, "run_lm_eval", lambda *a, **k: output)
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     ctx.guard = ctx.guard.model_copy(update={"mode": "off"})
-    bootstrap.evaluate(ctx, resolve_stage(cur, cur.profiles["cpu"], 1), "stage0")
+    ctx.model = resolve_model(EMBEDDED, ROOT / "models")  # its tokenizer reads back how each answer ended
+    st = resolve_stage(cur, cur.profiles["tiny"], 1)  # the tiny profile runs all four dev suites
+    bootstrap.evaluate(ctx, st, 0, "stage0")
     scores = json.loads((ctx.run.stage_dir(0) / "eval.json").read_text())
     for name in ("instruction_following", "over_refusal", "relevance", "off_topic", "repetition", "length_words", "boilerplate"):
         assert set(scores[name]) == {"score", "low", "high", "n"}, name
@@ -110,3 +115,19 @@ def test_eval_json_holds_every_suite_and_the_quality_suites_with_intervals(ctx, 
     assert scores["off_topic"]["score"] == round(1 / 3, 4)  # the self-introduction is off topic
     rows = [json.loads(line) for line in (ctx.run.stage_dir(0) / "eval" / "instruction_following.jsonl").read_text().splitlines()]
     assert rows[0]["quality"]["relevance"] > 0.5 > rows[1]["quality"]["relevance"] and rows[1]["quality"]["boilerplate"]
+    assert scores["set"] == "dev" and scores["caps"]["instruction_following"] == {
+        "cap": st.generation.evaluate.max_tokens, "n": 2, "reached_cap": 0, "stopped_repeating": 0, "share_reached_cap": 0.0}
+    assert {r["finish"] for r in rows} == {"end"}
+
+
+def test_an_answer_ending_is_read_back_as_vllm_would_have_ended_it():
+    from cai.evaluate import endings, repeats
+    from cai.model import EMBEDDED, resolve_model
+
+    rule = {"min_pattern_size": 4, "max_pattern_size": 8, "min_count": 3}
+    assert repeats([9, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4], rule)  # a 4-token pattern three times running at the end
+    assert not repeats([1, 2, 3, 4, 1, 2, 3, 4, 9], rule) and not repeats([5, 5, 5, 5, 5], {**rule, "min_pattern_size": 4})
+    model = resolve_model(EMBEDDED, ROOT / "models")
+    loop = ("The end is near. " * 6).strip()
+    found = endings(["A short answer.", loop, "word " * 120], 100, model, rule)
+    assert found == ["end", "repetition", "cap"]
