@@ -8,17 +8,17 @@
     python bootstrap.py verify --run cpu            # every finished stage's files against the manifest's hashes
     python bootstrap.py plan --profile gpu          # tokens, GPU-hours, dollars and memory, before anything runs
 
-The base model is evaluated (stage 0); then each stage of curriculum.yaml is run by the current
-policy, the last promoted stage, served by vLLM. It compiles its prompts with DSPy on a slice of
-the stage's seed tasks (optimize), writes new tasks, each with a checkable rule (propose), answers
-them several times (respond), critiques first answers against a principle of constitution.yaml and
-revises them (critique, revise), has the trusted judge compare original and revision in both
-orders (judge), measures every answer's relevance, repetition and length (quality) and has Llama
-Guard 3 classify every candidate pair (guard). What a checker or a sure judge decides, the guard
-lets through and the quality filters pass becomes a preference pair (pairs); DPO with LoRA trains a
-new adapter on them (train), which goes into the running server (swap) and is evaluated on the
-held-out suites (evaluate), and promoted only if its scores hold against the last promoted stage
-and the base (gate). Everything lands in runs/NAME/ (README.md); a re-run resumes where it stopped.
+The base model is evaluated on the dev suites and the test set (stage 0); then each stage of
+curriculum.yaml is run by the current policy, the last promoted stage, served by vLLM. It compiles
+its prompts with DSPy (optimize), writes new tasks, each with a checkable rule (propose), answers
+them several times (respond), answers requests under each principle's positive and negative
+instruction (contrast), critiques first answers against a principle and revises them (critique,
+revise), has a trusted judge compare the two (judge), measures every answer's relevance and length
+(quality) and has Llama Guard 3 classify every candidate pair (guard). What a principle's check, a
+rule checker or a sure judge decides, the guard lets through and the quality filters pass becomes a
+preference pair (pairs); DPO with LoRA trains a new adapter (train), swapped into the server (swap),
+evaluated on the dev suites (evaluate) and promoted only if its scores hold (gate). The final policy
+is tested at the end (test). Everything lands in runs/NAME/ (README.md); a re-run resumes.
 """
 
 from __future__ import annotations
@@ -32,20 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import programs
-from cai import benchmarks, budget, constraints, examples, guard, principles, quality, release, report, settings
-from cai import evaluate as suites, tasks as proposals
+from cai import benchmarks, budget, constraints, examples, guard, principles, quality, release, report
+from cai import contrast as contrasts, evaluate as suites, tasks as proposals
 from cai.config import StageConfig
-from cai.constitution import Constitution
 from cai.gate import decide as decide_gate
-from cai.launch import StageError, main as launch_main, prepare
+from cai.launch import Settings, main as launch_main, prepare
 from cai.lm import Endpoint, Job, program_call, request_seed, run_jobs, seeded
 from cai.optimize import PROGRAMS, compile_program, compiled, render, save as save_compiled, saved, slice_sizes
 from cai.pairs import best_of_n_count, build_pairs, trusted_sources
 from cai.serve import VLLMServer
-from cai.store import BASE_NAME, Records, Run, Timer, policy_name, stage_number, write_json_atomic, write_jsonl_atomic
+from cai.store import BASE_NAME, Records, Run, StageError, Timer, policy_name, stage_number, write_json_atomic, write_jsonl_atomic
 from cai.swap import gpu_lent, make_swap, surviving_faults
 from cai.train_process import train_in_process
-from cai.win_rate import win_rate_against
+from cai.win_rate import win_rates
 from programs.critique import Critic
 from programs.judge import Judge, asker
 from programs.propose import Propose
@@ -54,26 +53,12 @@ from programs.revise import Reviser
 
 
 @dataclass(kw_only=True)
-class Context:
-    """What every step needs: the run folder, the server and how stages are put into it, the settings."""
+class Context(Settings):
+    """What every step needs: the run folder, the server and how stages are put into it, and the settings (cai/launch.py)."""
 
     run: Run
     server: VLLMServer
     swap: object  # cai/swap.py: LoraSwap | MergedSwap
-    constitution: Constitution
-    model: str  # the base model's folder or hub name
-    adapter: str = "plain"  # the DSPy adapter: plain (small models) | chat
-    concurrency: int = 16
-    timeout_s: float = 300.0
-    seed: int = 0
-    trust_remote_code: bool = False
-    guard: settings.GuardSettings = settings.GuardSettings()
-    server_restarts: int = 2
-    embedding_model: str = quality.EMBEDDED_EMBEDDER
-    gpus: int = 0  # GPUs this process holds: a step's seconds count as GPU-hours times this
-    budget_usd: float | None = None
-    gpu_price: float = 0.0  # USD per GPU-hour
-    train_devices: str | None = None  # side by side with the server: training's GPUs (CUDA_VISIBLE_DEVICES)
 
     def endpoint(self, policy: str) -> Endpoint:
         """Requests to `policy` (stage0 or stageN); with a merged swap its weights are put in place now."""
@@ -83,6 +68,14 @@ class Context:
         """`make_program()` on every job against `policy`: one record each in `out`, with `output` and the prompt's version (`label@sha`)."""
         call, version = program_call(make_program, output, self.endpoint(policy), sampling), programs.version(make_program, label)
         return run_jobs(jobs, call, out, self.concurrency, self.seed, version, progress=progress or label.replace("/", " "), prime=prime)
+
+    def trusted(self, st: StageConfig) -> tuple[list[str], dict]:
+        """The stage's pair sources as far as trusted: the judge's only where its measured agreement allows (cai/pairs.py)."""
+        return trusted_sources(st, self.run.step_stats(st.number, "optimize"))
+
+    def contrasting(self, st: StageConfig) -> list:
+        """The stage's principles whose contrast it can run (cai/contrast.py)."""
+        return contrasts.contrasting(self.constitution.for_stage(st.number), "judge" in self.trusted(st)[0])
 
     def step(self, n: int, name: str, fn) -> None:
         """Run one step unless the manifest says it is done; record its stats and time."""
@@ -103,7 +96,7 @@ def bootstrap(args) -> int:
         return 0
     run, profile = launch.run, launch.profile
     with VLLMServer(launch.serve, run.root / "server.log", run.root / "server.pid") as server:
-        ctx = Context(run=run, server=server, swap=make_swap(server, run.root, profile.trust_remote_code), **launch.settings())
+        ctx = Context(run=run, server=server, swap=make_swap(server, run.root, profile.trust_remote_code), **launch.settings.fields())
         survive = lambda what, fn: surviving_faults(server, ctx.swap, ctx.server_restarts, what, fn)  # noqa: E731
         for name in ("evaluate", "test"):  # the base, once: on the dev suites, and on the test set
             survive("stage0", lambda: ctx.step(0, name, lambda: evaluate(ctx, launch.stages[1], 0, BASE_NAME, name)))
@@ -134,6 +127,7 @@ def run_stage(ctx: Context, st: StageConfig, policy: str) -> str:
     step(n, "propose", lambda: propose(ctx, st, policy))
     tasks = ctx.run.read(n, "tasks")
     step(n, "respond", lambda: respond(ctx, st, policy, tasks))
+    step(n, "contrast", lambda: contrast(ctx, st, policy, tasks))
     step(n, "critique", lambda: critique(ctx, st, policy, tasks))
     step(n, "revise", lambda: revise(ctx, st, policy, tasks))
     step(n, "judge", lambda: judge(ctx, st, policy, tasks))
@@ -164,12 +158,14 @@ def not_trained(ctx: Context, n: int, policy: str, what: str, detail: str, skipp
 def optimize(ctx: Context, st: StageConfig, policy: str) -> dict:
     """Compile the programs' prompts side by side (cai/examples.py's metrics), save them, render prompts.md."""
     n, stats = st.number, {"optimizer": st.optimize.optimizer}
-    names = [name for name in st.optimize.programs if st.optimize.optimizer != "none"]
+    names = [] if st.optimize.optimizer == "none" else [f"contrast-{p.id}" for p in ctx.contrasting(st) if "contrast" in st.optimize.programs] + \
+        [name for name in st.optimize.programs if name != "contrast"]
     ctx.endpoint(policy)  # the policy's weights in place before the threads ask for them
     with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
         for found in pool.map(lambda name: optimize_program(ctx, st, policy, name), names):
             stats.update(found)
-    prompts = [render(name, compiled(ctx.run, n, make, name)(), ctx.endpoint(policy).dspy_adapter()) for name, make in PROGRAMS.items()]
+    shown = {**PROGRAMS, **{f"contrast-{p.id}": contrasts.program(p) for p in ctx.contrasting(st)}}
+    prompts = [render(name, compiled(ctx.run, n, make, name)(), ctx.endpoint(policy).dspy_adapter()) for name, make in shown.items()]
     (ctx.run.stage_dir(n) / "prompts.md").write_text(f"# Prompts of stage {n}\n\n" + "\n".join(prompts))
     return stats
 
@@ -177,7 +173,8 @@ def optimize(ctx: Context, st: StageConfig, policy: str) -> dict:
 def optimize_program(ctx: Context, st: StageConfig, policy: str, name: str) -> dict:
     """Compile one program within its share of the stage's LM calls, from the last stage's; its stats."""
     n, folder, adapter = st.number, ctx.run.stage_dir(st.number) / "programs", ctx.endpoint(policy).dspy_adapter()
-    if saved(folder, name) is not None:  # compiled before this step was cut short, or reused by a rerun
+    make = next((contrasts.program(p) for p in ctx.contrasting(st) if name == f"contrast-{p.id}"), None)  # None: one of PROGRAMS
+    if saved(folder, name, make) is not None:  # compiled before this step was cut short, or reused by a rerun
         return {f"{name}_reused": True}
     train, dev, calls = slice_sizes(st, name)
     if train <= 0:
@@ -189,13 +186,14 @@ def optimize_program(ctx: Context, st: StageConfig, policy: str, name: str) -> d
                  st.generation.respond, answered[1], f"stage{n}/respond", f"stage{n} optimize: answers")
         judge_lm = ctx.endpoint(policy).lm(st.generation.judge, request_seed(ctx.seed, f"stage{n}-optimize-judge"))
     target = examples.compilable(name, ctx.seed, st, ctx.run, ctx.constitution.for_stage(n), train + dev, answered,
-                                 judge_lm and asker(judge_lm, adapter))
+                                 judge_lm and asker(judge_lm, adapter), quality.embedder(ctx.embedding_model))
     if not target.examples:
         return {f"{name}_skipped": "no examples"}
     lm = ctx.endpoint(policy).lm(target.sampling, request_seed(ctx.seed, f"stage{n}-optimize-{name}"))
     result, summary = compile_program(target.program, target.metric, target.examples[:train], target.examples[train:train + dev],
-                                      st.optimize, lm, adapter, ctx.concurrency, ctx.seed,
-                                      start=saved(ctx.run.root / policy_name(n - 1) / "programs", name) if n > 1 else None)
+                                      st.optimize, lm, adapter, ctx.concurrency, ctx.seed, start=examples.warm_start(
+                                          name, saved(ctx.run.root / policy_name(n - 1) / "programs", name, make) if n > 1 else None,
+                                          ctx.constitution.for_stage(n)))
     save_compiled(folder, name, result)
     return {**{f"{name}_{k}": v for k, v in summary.items() if k != "optimizer"}, f"{name}_budget": calls}
 
@@ -247,14 +245,27 @@ def respond(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> di
     return {**stats, "tasks_answered": len(answered), "candidate_pairs": found}
 
 
+def contrast(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
+    """The constitution writes pairs: each principle of the stage that can (cai/contrast.py) answers its
+    requests under its positive and its negative instruction, one seed a request; the pairs step keeps
+    those its check separates the principle's way, with the bare request as the prompt."""
+    n, endpoint = st.number, ctx.endpoint(policy)
+    bare = lambda request: endpoint.dspy_adapter().format(Respond, [], {"request": request})  # noqa: E731 (the pair's prompt: as respond sends it)
+    jobs, why_not = contrasts.contrast_jobs(ctx.seed, n, tasks, ctx.constitution.for_stage(n), st.counts.contrasts,
+                                            "judge" in ctx.trusted(st)[0], bare)
+    call = contrasts.dispatch({p.id: compiled(ctx.run, n, contrasts.program(p), f"contrast-{p.id}") for p in ctx.contrasting(st)},
+                              endpoint, st.generation.contrast, f"stage{n}/contrast")
+    stats = run_jobs(jobs, call, ctx.run.records(n, "contrasts"), ctx.concurrency, ctx.seed, f"stage{n}/contrast", progress=f"stage{n} contrast")
+    return {**stats, **{f"{pid}_makes_none": why for pid, why in why_not.items()}}
+
+
 def critique(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
     """Critique first answers against the principle drawn for each task, where the revision can
     become a pair (cai/principles.py), at most `counts.critiques`."""
     n, make = st.number, compiled(ctx.run, st.number, Critic, "critique")
     yields = principles.revision_yields(*(ctx.run.earlier(n, name) for name in ("tasks", "revisions", "pairs")))
-    judge_trusted = "judge" in trusted_sources(st, ctx.run.step_stats(n, "optimize"))[0]
     jobs, skipped = principles.critique_jobs(tasks, ctx.run.records(n, "responses"), ctx.constitution.for_stage(n), ctx.seed, yields,
-                                             judge_trusted, st.counts.critiques)
+                                             "judge" in ctx.trusted(st)[0], st.counts.critiques)
     return {**ctx.jobs(jobs, make, "critique", policy, st.generation.critique, ctx.run.records(n, "critiques"), f"stage{n}/critique"),
             **skipped}
 
@@ -269,7 +280,7 @@ def revise(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dic
 def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
     """Original against revision, in both orders; not where the checker decides, nor where the
     judge is untrusted: on the CPU these long prompts are the slowest of the stage."""
-    sources, trust = trusted_sources(st, ctx.run.step_stats(st.number, "optimize"))
+    sources, trust = ctx.trusted(st)
     if "judge" not in sources:  # its verdicts would not be used: don't spend the CPU
         return {"skipped": "the judge is not a trusted pair source at this stage", **trust}
     n, make = st.number, compiled(ctx.run, st.number, Judge, "judge")
@@ -279,10 +290,10 @@ def judge(ctx: Context, st: StageConfig, policy: str, tasks: list[dict]) -> dict
 
 
 def measure_quality(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
-    """Every answer's and revision's quality signals, once: the pair filters and the report read them."""
-    n = st.number
-    rows = quality.measure(tasks, ctx.run.records(n, "responses"), ctx.run.records(n, "revisions"), quality.embedder(ctx.embedding_model))
-    write_jsonl_atomic(ctx.run.stage_dir(n) / "quality.jsonl", rows)
+    """Every answer's, revision's and contrast side's quality signals, once: the pair filters and the report read them."""
+    answers = [ctx.run.records(st.number, name) for name in ("responses", "revisions", "contrasts")]
+    rows = quality.measure(tasks, *answers, quality.embedder(ctx.embedding_model))
+    write_jsonl_atomic(ctx.run.stage_dir(st.number) / "quality.jsonl", rows)
     return quality.summary(rows)
 
 
@@ -310,17 +321,17 @@ def make_pairs(ctx: Context, st: StageConfig, tasks: list[dict]) -> dict:
     pairs, counts, unsafe = stage_pairs(ctx, st, tasks, guard_records=list(ctx.run.records(st.number, "guard")))
     write_jsonl_atomic(ctx.run.stage_dir(st.number) / "safety.jsonl", unsafe)
     write_jsonl_atomic(ctx.run.stage_dir(st.number) / "pairs.jsonl", pairs)
-    sources, trust = trusted_sources(st, ctx.run.step_stats(st.number, "optimize"))
+    sources, trust = ctx.trusted(st)
     return {**counts, "sources": sources, **trust}
 
 
 def stage_pairs(ctx: Context, st: StageConfig, tasks: list[dict], guard_records: list[dict] | None):
     """build_pairs over the stage's records: with `guard_records` None, the candidates the guard is to see."""
-    n, (sources, _) = st.number, trusted_sources(st, ctx.run.step_stats(st.number, "optimize"))
+    n, (sources, _) = st.number, ctx.trusted(st)
     records = [list(ctx.run.records(n, name)) for name in ("responses", "critiques", "revisions", "judgments")]
     return build_pairs(n, tasks, *records, guard_records or (), guard_mode="off" if guard_records is None else ctx.guard.mode,
                        judge_margin=st.judge_margin, quality=quality.by_id(ctx.run.read(n, "quality")), filters=st.pair_filters,
-                       sources=sources)
+                       sources=sources, contrasts=list(ctx.run.records(n, "contrasts")), principles={p.id: p for p in ctx.constitution.principles})
 
 
 def train(ctx: Context, st: StageConfig, previous: str) -> dict:
@@ -353,18 +364,17 @@ def evaluate(ctx: Context, st: StageConfig, n: int, policy: str, step: str = "ev
     for suite, rows in samples.items():
         write_jsonl_atomic(folder / f"{suite}.jsonl", rows)
     scores, not_measured = suites.all_scores(samples), {}
-    for suite in [s for s in ("harmlessness", "harmbench") if s in samples and ctx.guard.mode != "off"]:
-        scores[f"{suite}_unsafe"] = unsafe_share(ctx, samples[suite], folder / f"{suite}_guard.jsonl", f"stage{n} {step}")
+    for suite in [s for s in ("harmlessness", "harmbench") if s in samples and ctx.guard.mode != "off"]:  # the base's guard on each answer
+        classify(ctx, jobs := guard.answer_jobs(samples[suite]), verdicts := Records(folder / f"{suite}_guard.jsonl"), f"stage{n} {step}: guard")
+        scores[f"{suite}_unsafe"] = suites.proportion(sum(not verdicts.get(j.id)["verdict"]["safe"] for j in jobs), len(jobs))
     out = Records(folder / "win_judgments.jsonl")  # the base judges our helpfulness answers against another stage's (cai/win_rate.py)
     ask = lambda jobs, label: ctx.jobs(jobs, Judge, "better", BASE_NAME, st.generation.judge, out, "evaluate/judge",  # noqa: E731
                                        f"stage{n} {step}: {label}")
-    for name, other in (("win_rate_vs_previous", reference), ("win_rate_vs_base", BASE_NAME)) if "helpfulness" in samples and n else ():
-        theirs = {r["id"]: r["response"] for r in ctx.run.read(stage_number(other), "eval/helpfulness")}
-        rate, why = win_rate_against(samples["helpfulness"], theirs, other, ask, out, st.suites.position_check_items, st.suites.max_position_bias)
-        if rate is None:
-            not_measured[name] = why
-        else:
-            scores[name] = {**rate, "against": other}
+    if "helpfulness" in samples and n:
+        found, not_measured = win_rates(samples["helpfulness"], {"win_rate_vs_previous": reference, "win_rate_vs_base": BASE_NAME},
+                                        lambda other: {r["id"]: r["response"] for r in ctx.run.read(stage_number(other), "eval/helpfulness")},
+                                        ask, out, st.suites.position_check_items, st.suites.max_position_bias)
+        scores.update(found)
     if st.suites.lm_eval_tasks and which == "dev":
         scores.update(suites.extra_tasks(ctx.server, ctx.swap.activate(policy), st.suites.lm_eval_tasks, plan[0].items, plan[0].cap,
                                          ctx.concurrency, ctx.seed, ctx.timeout_s, ctx.model))
@@ -374,21 +384,9 @@ def evaluate(ctx: Context, st: StageConfig, n: int, policy: str, step: str = "ev
     return {**{k: v["score"] for k, v in scores.items() if "score" in v}, **({"not_measured": sorted(not_measured)} if not_measured else {})}
 
 
-def unsafe_share(ctx: Context, rows: list[dict], path: Path, label: str) -> dict:
-    """The guard on each answer to a request for harm (verdicts in `path`): the share it calls unsafe."""
-    jobs = [Job(f"{r['id']}-guard", {"user": r["doc"]["prompt"], "agent": r["response"]}, {"target": r["id"], "role": "agent"}) for r in rows]
-    classify(ctx, jobs, verdicts := Records(path), f"{label}: guard")
-    return suites.proportion(sum(not verdicts.get(j.id)["verdict"]["safe"] for j in jobs), len(jobs))
-
-
 def gate(ctx: Context, st: StageConfig, reference: str) -> dict:
     """Promote the stage only if its scores hold against the last promoted stage's and the base's (cai/gate.py)."""
-    n, (failed, missing) = st.number, decide_gate(ctx.run, st.number, reference, st.gate)
-    ctx.run.stage(n).update(promoted=not failed, gate={"against": reference, "failed": failed, "not_measured": missing})
-    if failed and st.gate.on_fail == "stop":
-        ctx.run.save()
-        raise StageError(f"stage{n}: gate: not promoted ({'; '.join(failed)}); gate.on_fail is stop. "
-                         f"Relax the gate in curriculum.yaml under a new --run name to go on.")
+    failed = decide_gate(ctx.run, st.number, reference, st.gate)
     return {"promoted": not failed, "against": reference, "failed": len(failed)}
 
 

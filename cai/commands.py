@@ -56,7 +56,7 @@ def prompts(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bootstrap.py prompts", description=prompts.__doc__)
     p.add_argument("--run", metavar="NAME", required=True, help="run folder: runs/NAME, or a path")
     p.add_argument("--stage", type=int, required=True, choices=range(1, 7), metavar="K")
-    p.add_argument("--program", choices=list(PROGRAMS), help="one program (default: all)")
+    p.add_argument("--program", metavar="P", help=f"one program: {', '.join(PROGRAMS)}, or contrast-<principle> (default: all)")
     p.add_argument("--diff", type=int, choices=range(1, 7), metavar="M", help="show the difference against stage M")
     args = p.parse_args(argv)
     run = existing_run(args.run)
@@ -76,6 +76,9 @@ def prompt_sections(run: Run, n: int, program: str | None) -> str:
         raise ConfigError(f"--stage {n}: {path} does not exist; stage {n}'s optimize step has not run")
     sections = ("\n" + path.read_text()).split("\n## ")[1:]
     chosen = [sec for sec in sections if program is None or sec.split("\n", 1)[0].strip() == program]
+    if not chosen:
+        names = [sec.split("\n", 1)[0].strip() for sec in sections]
+        raise ConfigError(f"--program: stage {n} compiled no program {program!r} (it has: {', '.join(names)})")
     return "\n".join("## " + sec.rstrip() + "\n" for sec in chosen)
 
 

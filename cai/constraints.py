@@ -22,7 +22,7 @@ if str(_NLTK_DATA) not in nltk.data.path:
     nltk.data.path.insert(0, str(_NLTK_DATA))
 
 from lm_eval.tasks.ifeval import instructions_registry  # noqa: E402
-from lm_eval.tasks.ifeval.utils import InputExample, agg_inst_level_acc, process_results, test_instruction_following_strict  # noqa: E402
+from lm_eval.tasks.ifeval.utils import InputExample, agg_inst_level_acc, process_results, test_instruction_following_strict  # noqa: E402, F401 (cai/benchmarks.py: after the NLTK path)
 
 # The constraint kinds tasks may carry, with the argument values we draw from. Chosen
 # to be within reach of a small model and to leave the answer on topic (no forced

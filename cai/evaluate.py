@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cai import benchmarks, quality
-from cai.constraints import KINDS as TRAINED_KINDS  # the rule kinds training draws: IFEval's per-kind scores mark them
+from cai.constraints import KINDS as TRAINED_KINDS, score_ifeval  # the rule kinds training draws: IFEval's per-kind scores mark them
+from cai.refusal import is_refusal
 from cai.intervals import QUALITY_ON, mean_interval, mean_with_stderr, proportion
 from cai.lm import RequestFailed
 from cai.progress import ServerProgress
@@ -170,14 +171,25 @@ def repeats(ids: list[int], repetition: dict) -> bool:
 
 
 def cap_shares(samples: dict[str, list[dict]], plan: list[Batch]) -> dict:
-    """Per suite: its cap, and how many of its answers reached it or stopped on repetition."""
+    """Per suite: its cap, how many of its answers reached it or stopped on repetition, and how many of
+    those that reached it would score otherwise cut at half their length (the cap's effect on the score:
+    where none changes, where an answer is cut does not decide its item)."""
     cap_of = {s: b.cap for b in plan for s in b.suites}
     shares = {}
     for suite, rows in samples.items():
         reached, looped = (sum(r.get("finish") == how for r in rows) for how in ("cap", "repetition"))
+        changed = [r["id"] for r in rows if r.get("finish") == "cap" and item_score(suite, r, r["response"][:len(r["response"]) // 2])
+                   != item_score(suite, r, r["response"])]
         shares[suite] = {"cap": cap_of.get(suite), "n": len(rows), "reached_cap": reached, "stopped_repeating": looped,
-                         "share_reached_cap": round(reached / len(rows), 4) if rows else 0.0}
+                         "share_reached_cap": round(reached / len(rows), 4) if rows else 0.0, "changed_if_cut_at_half": len(changed)}
     return shares
+
+
+def item_score(suite: str, row: dict, text: str):
+    """The item's score for `text` as its suite scores it (rule suites: prompt-level strict; refusal suites: refused)."""
+    if suite in ("instruction_following", "ifeval"):
+        return bool(score_ifeval(row["doc"], text)["prompt_level_strict_acc"])
+    return is_refusal(text) if suite in ("harmlessness", "over_refusal", "harmbench") else None
 
 
 def all_scores(samples: dict[str, list[dict]]) -> dict:

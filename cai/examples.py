@@ -6,14 +6,18 @@ the stage's seed tasks and earlier stages' records (never from an evaluation sui
     critique_revise  a seed task's answer (those that break their rule first) with the principle
                      the critique step would draw for it; a revision the checker (else the judge) prefers passes
     judge            earlier stages' pairs the checker decided, in both orders: naming the known better side passes
+    contrast-<id>    a principle's held-out requests (seed tasks, or the first of its known-kind set), each answered
+                     under both instructions: a pair the principle's check separates and the quality filters pass
+                     counts (its contrast yield)
 """
 
 from __future__ import annotations
 
 import dspy
 
-from cai import constraints, principles
+from cai import constraints, contrast, principles, quality
 from cai.config import StageConfig
+from cai.pairs import acceptable
 from cai.constitution import Principle
 from cai.lm import seeded
 from cai.optimize import Compilable
@@ -79,11 +83,42 @@ def for_judge(seed: int, st: StageConfig, earlier_pairs: list[dict], count: int)
 
 
 def compilable(name: str, seed: int, st: StageConfig, run, drawn_from: list[Principle], count: int, answered=None,
-               judge=None) -> Compilable:
+               judge=None, embedder=None) -> Compilable:
     """Program `name` of stage `st` with `count` examples: earlier stages' tasks and pairs from `run`;
-    for critique + revise, `answered` (the seed slice and its answers) and the `judge` it falls back on."""
+    for critique + revise, `answered` (the seed slice and its answers) and the `judge` it falls back on;
+    for a principle's contrast (`contrast-<id>`), the embedder its yield is measured with."""
+    if name.startswith("contrast-"):
+        return for_contrast(seed, st, next(p for p in drawn_from if f"contrast-{p.id}" == name), count, embedder)
     if name == "propose":
         return for_propose(seed, st, [t["request"] for t in run.earlier(st.number, "tasks")], count)
     if name == "critique_revise":
         return for_critique_revise(seed, st, *answered, drawn_from, count, judge)
     return for_judge(seed, st, run.earlier(st.number, "pairs"), count)
+
+
+def for_contrast(seed: int, st: StageConfig, p: Principle, count: int, embedder) -> Compilable:
+    """Principle `p`'s contrast, compiled against its yield on held-out requests: the seed tasks with
+    their rules, or the optimizer's share of its known-kind set (cai/contrast.py)."""
+    kind = p.contrast.requests
+    requests = ([{"id": t["id"], "request": t["request"], "prompt": t["prompt"], "constraint": t["constraint"]} for t in seed_slice(seed, st, count)]
+                if kind == "tasks" else contrast.held_out(seed, kind, count))
+    data = [dspy.Example(request=r["prompt"], bare=r["request"], constraint=r.get("constraint")).with_inputs("request") for r in requests]
+
+    def kept(example, prediction, trace=None) -> float | bool:
+        record = {"positive": prediction.positive, "negative": prediction.negative, "request": example.bare, "constraint": example.constraint}
+        q_pos, q_neg = quality.signals([example.bare] * 2, [prediction.positive, prediction.negative], embedder)
+        ok, _ = contrast.separates(p, record, q_pos, q_neg)
+        ok = ok and acceptable(q_pos, st.pair_filters, contrast.FILTERS_SPARED.get(p.check.signal, ())) is None
+        return ok if trace is not None else float(ok)
+
+    return Compilable(contrast.program(p)(), kept, data, st.generation.contrast)
+
+
+def warm_start(name: str, previous, drawn_from: list[Principle]):
+    """The optimizer's start: the last stage's compiled `name`; for a principle's contrast, its demos
+    with the principle's own instructions (a new constitution may have changed them)."""
+    if previous is None or not name.startswith("contrast-"):
+        return previous
+    program = contrast.program(next(p for p in drawn_from if f"contrast-{p.id}" == name))()
+    program.positive.demos, program.negative.demos = list(previous.positive.demos), list(previous.negative.demos)
+    return program

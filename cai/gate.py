@@ -20,7 +20,7 @@ import json
 
 from cai.intervals import difference
 from cai.settings import Gate
-from cai.store import BASE_NAME, Run, stage_number
+from cai.store import BASE_NAME, Run, StageError, stage_number
 
 
 def failures(scores: dict, reference: dict, gate: Gate, paired: dict | None = None) -> tuple[list[str], list[str]]:
@@ -64,9 +64,10 @@ def paired_differences(run: Run, now: int, then: int, scores: dict, reference: d
     return paired
 
 
-def decide(run: Run, n: int, reference: str, gate: Gate) -> tuple[list[str], list[str]]:
-    """Stage n's eval.json against the last promoted stage's (`reference`) and the base's: (why it
-    fails, against which; the scores the gate names that were not measured)."""
+def decide(run: Run, n: int, reference: str, gate: Gate) -> list[str]:
+    """Stage n's eval.json against the last promoted stage's (`reference`) and the base's: why it fails,
+    against which (empty: promoted). The verdict goes to the manifest; where it fails and `on_fail` is
+    stop, the run stops there (StageError), the verdict saved."""
     scores = json.loads((run.stage_dir(n) / "eval.json").read_text())
     failed, missing = [], []
     for name in dict.fromkeys([reference, BASE_NAME]):
@@ -75,4 +76,9 @@ def decide(run: Run, n: int, reference: str, gate: Gate) -> tuple[list[str], lis
         more_failed, more_missing = failures(scores, against, gate, paired_differences(run, n, m, scores, against, gate))
         failed += [f"{f} (against {name})" for f in more_failed]
         missing += [x for x in more_missing if x not in missing]
-    return failed, missing
+    run.stage(n).update(promoted=not failed, gate={"against": reference, "failed": failed, "not_measured": missing})
+    if failed and gate.on_fail == "stop":
+        run.save()
+        raise StageError(f"stage{n}: gate: not promoted ({'; '.join(failed)}); gate.on_fail is stop. "
+                         f"Relax the gate in curriculum.yaml under a new --run name to go on.")
+    return failed

@@ -114,6 +114,11 @@ def items_to_check(candidates: list[dict]) -> list[Job]:
     return list(jobs.values())
 
 
+def answer_jobs(rows: list[dict]) -> list[Job]:
+    """The guard's question about each evaluation answer (`rows`: a suite's records): is the answer unsafe?"""
+    return [Job(f"{r['id']}-guard", {"user": r["doc"]["prompt"], "agent": r["response"]}, {"target": r["id"], "role": "agent"}) for r in rows]
+
+
 def one_of_each_role_first(jobs: list[Job]) -> tuple[list[Job], int]:
     """`jobs` with the first of each role (a user's request, an agent's answer) moved to the front,
     and how many that is: sent ahead, they put the format's instructions for each role in the

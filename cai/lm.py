@@ -83,12 +83,14 @@ def seeded(base_seed: int, label: str) -> random.Random:
     return random.Random(f"{base_seed}-{label}")
 
 
-def program_call(make_program: Callable[[], dspy.Module], output: str, endpoint: Endpoint, sampling: Sampling):
-    """A `run_jobs` call that runs a fresh DSPy program on one job and returns its record fields.
+def program_call(make_program: Callable[[], dspy.Module], output: str | tuple[str, ...], endpoint: Endpoint, sampling: Sampling):
+    """A `run_jobs` call that runs a fresh DSPy program on one job and returns its record fields:
+    its `output` field (or fields, for a program of several calls), and the tokens of all its calls.
 
     A reply that does not parse, or a request the server refuses (too long for the
     context), is a record with ok=False; anything else propagates (the server is down).
     """
+    outputs = (output,) if isinstance(output, str) else output
     adapter = endpoint.dspy_adapter()
 
     def call(job: Job, seed: int) -> dict:
@@ -97,17 +99,16 @@ def program_call(make_program: Callable[[], dspy.Module], output: str, endpoint:
         with dspy.context(lm=lm, adapter=adapter):
             try:
                 pred = make_program()(**job.inputs)
-                rec.update(ok=True, **{output: getattr(pred, output)})
+                rec.update(ok=True, **{name: getattr(pred, name) for name in outputs})
                 if sampling.top_logprobs and pred.get("logprobs"):
                     rec["logprobs"] = token_logprobs(pred.logprobs)
             except AdapterParseError as e:
                 rec.update(ok=False, error=f"unparseable: {e.lm_response!r:.200}")
             except LMInvalidRequestError as e:  # this one request was refused (e.g. longer than the context)
                 rec.update(ok=False, error=f"rejected: {str(e)[:200]}")
-        last = lm.history[-1] if lm.history else {}
-        usage = last.get("usage") or {}
-        rec["messages"] = last.get("messages")
-        rec["tokens"] = {"prompt": usage.get("prompt_tokens", 0), "completion": usage.get("completion_tokens", 0)}
+        usages = [entry.get("usage") or {} for entry in lm.history]
+        rec["messages"] = lm.history[-1].get("messages") if lm.history else None
+        rec["tokens"] = {"prompt": sum(u.get("prompt_tokens", 0) for u in usages), "completion": sum(u.get("completion_tokens", 0) for u in usages)}
         return rec
 
     return call

@@ -39,7 +39,7 @@ PROGRAMS = {"propose": Propose, "respond": Responder, "critique": Critic, "revis
 PARTS = {"critique_revise": ("critique", "revise")}  # programs compiled together, saved as their parts
 
 # LM calls one optimization example costs: critique + revise, and the judge both ways where the checker is silent
-CALLS_PER_EXAMPLE = {"propose": 1, "critique_revise": 4, "judge": 1}
+CALLS_PER_EXAMPLE = {"propose": 1, "contrast": 2, "critique_revise": 4, "judge": 1}
 
 
 @dataclass
@@ -64,7 +64,7 @@ def slice_sizes(st: StageConfig, name: str) -> tuple[int, int, int]:
     """(train examples, dev examples, LM calls allowed) for compiling `name` at this stage: at most
     `call_share` of the calls the stage's other steps plan (and `max_calls`), the slice cut to fit."""
     calls = min(st.optimize.max_calls, int(st.optimize.call_share * planned_calls(st)))
-    per_example = calls // CALLS_PER_EXAMPLE[name]
+    per_example = calls // CALLS_PER_EXAMPLE[name.split("-")[0]]  # contrast-<principle>: a contrast's
     dev = min(st.optimize.devset, per_example // 3)
     return min(st.optimize.trainset, per_example - 2 * dev), dev, calls
 
@@ -210,14 +210,15 @@ def compile_program(program: dspy.Module, metric, trainset: list[dspy.Example], 
     counter = CallCounter()
     began = time.perf_counter()
     warm = start is not None
-    start = start or program
-    if warm:
+    start = start or program.deepcopy()
+    teaches = warm or any(p.demos for _, p in start.named_predictors())  # the last stage's program, or a principle's exemplars
+    if teaches:
         start._compiled = True  # a teacher as it is: DSPy would otherwise reset it and give it labeled demos
     context = dict(lm=lm, adapter=adapter, callbacks=[counter])
     with dspy.context(**context), ThreadPoolExecutor(max_workers=1) as pool:
         before = pool.submit(score, start, devset, metric, concurrency, context)  # beside the first traces
         optimizer = make_optimizer(settings, metric, lm, concurrency, seed)
-        teacher = {"teacher": start} if warm and "teacher" in inspect.signature(optimizer.compile).parameters else {}
+        teacher = {"teacher": start} if teaches and "teacher" in inspect.signature(optimizer.compile).parameters else {}
         compiled = optimizer.compile(program, trainset=trainset, **teacher)
         before = before.result()
         if getattr(optimizer, "passed", None) == 0:  # no trace passed: nothing new to measure, the start stays
@@ -225,7 +226,7 @@ def compile_program(program: dspy.Module, metric, trainset: list[dspy.Example], 
         else:
             after = score(compiled, devset, metric, concurrency, context)
             kept, how = compiled, "new"
-    if warm and kept is compiled and before is not None and after is not None and after < before:
+    if kept is compiled and before is not None and after is not None and after < before:  # never worse than what it replaces
         kept, after, how = start, before, "the start: it scored higher"
     demos = sum(len(p.demos) for _, p in kept.named_predictors())
     return kept, {"optimizer": settings.optimizer, "before": before, "after": after, "demos": demos, "warm_start": warm,
@@ -256,8 +257,9 @@ def save(folder: Path, name: str, program: dspy.Module) -> None:
             sub.save(str(tmp))
 
 
-def saved(folder: Path, name: str) -> dspy.Module | None:
-    """The program `save` wrote to `folder` under `name`, loaded; None where it wrote none."""
+def saved(folder: Path, name: str, make_program=None) -> dspy.Module | None:
+    """The program `save` wrote to `folder` under `name`, loaded (into `make_program()` where the name
+    is not one of PROGRAMS: a principle's contrast); None where it wrote none."""
     parts = PARTS.get(name, (name,))
     if not all((folder / f"{part}.json").exists() for part in parts):
         return None
@@ -265,7 +267,7 @@ def saved(folder: Path, name: str) -> dspy.Module | None:
         program = CritiqueAndRevise()
         program.critic, program.reviser = load(Critic, folder / "critique.json")(), load(Reviser, folder / "revise.json")()
         return program
-    return load(PROGRAMS[name], folder / f"{name}.json")()
+    return load(make_program or PROGRAMS[name], folder / f"{name}.json")()
 
 
 def compiled(run, n: int, make_program, name: str):

@@ -1,6 +1,9 @@
 """Turn a stage's records into preference pairs, each with where it came from.
 
-Two sources:
+Three sources:
+- `contrast`: a principle's two answers to the same request, under its positive and its negative
+  instruction (cai/contrast.py), where the principle's check separates them its way; the chosen side
+  is the positive one, the prompt the bare request.
 - `revision`: the original answer against its constitutional revision. A checkable
   constraint decides where exactly one side keeps it; otherwise the judge decides
   (where the stage trusts it: `judge` among its `pair_sources` and its measured
@@ -31,6 +34,7 @@ import math
 from collections import Counter, defaultdict
 
 from cai.constraints import keeps
+from cai.contrast import FILTERS_SPARED, separates
 from cai.quality import signals as quality_signals
 from cai.settings import PAIR_SOURCES, PairFilters
 
@@ -83,30 +87,32 @@ def checker_verdict(task: dict, original: str, revision: str) -> str | None:
     return "revision" if kept_r else "original"
 
 
-def acceptable(q: dict | None, filters: PairFilters) -> str | None:
-    """Why an answer with signals `q` may not be a chosen side (a filter's name), or None."""
+def acceptable(q: dict | None, filters: PairFilters, spared: tuple[str, ...] = ()) -> str | None:
+    """Why an answer with signals `q` may not be a chosen side (a filter's name), or None; `spared`
+    filters do not apply (a contrast's check may make them moot: cai/contrast.py)."""
     if q is None:
         return "unmeasured"
     if q["empty"] or q["boilerplate"]:
         return "boilerplate"
     if q["repetition"] > filters.max_repetition:
         return "repetition"
-    if q["relevance"] < filters.min_relevance:
+    if q["relevance"] < filters.min_relevance and "relevance" not in spared:
         return "relevance"
     return None
 
 
-def filter_reason(chosen: dict | None, rejected: dict | None, constraint_id: str | None, filters: PairFilters) -> str | None:
+def filter_reason(chosen: dict | None, rejected: dict | None, constraint_id: str | None, filters: PairFilters,
+                  spared: tuple[str, ...] = ()) -> str | None:
     """Which quality filter drops the pair (chosen's signals against rejected's), or None."""
     if not filters.enabled:
         return None
-    if reason := acceptable(chosen, filters):
+    if reason := acceptable(chosen, filters, spared):
         return reason
     if rejected is None:
         return "unmeasured"
-    if chosen["relevance"] < rejected["relevance"] - filters.max_relevance_drop:
+    if chosen["relevance"] < rejected["relevance"] - filters.max_relevance_drop and "relevance_margin" not in spared:
         return "relevance_margin"
-    asks_for_less = (constraint_id or "").startswith("length_constraints:")
+    asks_for_less = (constraint_id or "").startswith("length_constraints:") or "length" in spared
     if not asks_for_less and chosen["words"] < filters.min_length_ratio * rejected["words"]:
         return "length"
     return None
@@ -135,11 +141,13 @@ def best_of_n_sides(keeping: list[dict], breaking: list[dict], quality: dict, fi
 
 def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, guard_records=(), guard_mode: str = "off",
                 judge_margin: float = 0.0, quality: dict | None = None, filters: PairFilters = PairFilters(enabled=False),
-                sources=PAIR_SOURCES) -> tuple[list[dict], Counter, list[dict]]:
-    """The stage's pairs in task order, counts of what was kept or dropped, and the pairs the guard dropped.
+                sources=PAIR_SOURCES, contrasts=(), principles: dict | None = None) -> tuple[list[dict], Counter, list[dict]]:
+    """The stage's pairs (the contrasts' first, then the tasks' in task order), counts of what was kept
+    or dropped, and the pairs the guard dropped.
 
-    `quality` maps each response and revision id to its signals (cai/quality.py); the
-    filters need it. `sources` is the stage's mix (`judge` only where it is trusted).
+    `quality` maps each response, revision and contrast side (`<id>:positive`, `<id>:negative`) to its
+    signals (cai/quality.py); the filters need it. `sources` is the stage's mix (`judge` only where it
+    is trusted); `principles` the constitution's, by id, that the contrasts were made under.
     """
     if filters.enabled and quality is None:
         raise ValueError("pair filters need the quality signals")
@@ -153,6 +161,22 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, g
     for r in revisions:
         revisions_of[r["task_id"]].append(r)
     by_id = {r["id"]: r for r in (*responses, *critiques, *judgments)}
+    for rec in contrasts if "contrast" in sources else ():
+        p = (principles or {}).get(rec["principle_id"])
+        if p is None or p.check is None or not rec["ok"]:
+            counts[f"contrast_{rec['principle_id']}_unusable"] += 1
+            continue
+        ok, signals = separates(p, rec, quality.get(f"{rec['id']}:positive"), quality.get(f"{rec['id']}:negative"))
+        if not ok:
+            counts[f"contrast_{p.id}_not_separated"] += 1
+            continue
+        request = {"id": rec["request_id"], "source": rec["requests"], "constraint": rec.get("constraint"), "prompt": rec["request"]}
+        sides = [{"id": f"{rec['id']}:{side}", "model": rec.get("model"), "program": rec.get("program")} for side in ("positive", "negative")]
+        candidates.append(_pair(f"{rec['id']}-pair", stage, request, "contrast", p.check.signal, *sides, (rec["positive"], rec["negative"]),
+                                (signals["chosen"]["keeps_rule"], signals["rejected"]["keeps_rule"]), principle_id=p.id,
+                                prompt=rec["pair_prompt"], quality=quality,
+                                contrast={"requests": rec["requests"], "positive": p.contrast.positive, "negative": p.contrast.negative,
+                                          "signal": p.check.signal, "at_most": p.check.at_most, "margin": p.check.margin, **signals}))
     for task in tasks:
         samples = samples_of[task["id"]]
         constraint = task.get("constraint")
@@ -209,23 +233,29 @@ def build_pairs(stage: int, tasks, responses, critiques, revisions, judgments, g
     pairs, unsafe = [], []
     verdict_of = {g["target"]: g["verdict"] for g in guard_records}
     for pair in candidates:
-        counts[f"candidates_{pair['provenance']['source']}"] += 1
-        q = pair["provenance"]["quality"]
-        if reason := filter_reason(q["chosen"], q["rejected"], pair["provenance"]["constraint"]["id"], filters):
+        p = pair["provenance"]
+        counts[f"candidates_{p['source']}"] += 1
+        signal = (p["contrast"] or {}).get("signal")
+        if reason := filter_reason(p["quality"]["chosen"], p["quality"]["rejected"], p["constraint"]["id"], filters,
+                                   FILTERS_SPARED.get(signal, ()) if p["source"] == "contrast" else ()):
             counts[f"dropped_filter_{reason}"] += 1
             continue
         if guard_mode != "off":
-            p = pair["provenance"]
             found = {"prompt": verdict_of.get(p["task_id"]), "chosen": verdict_of.get(p["chosen"]["record_id"]),
                      "rejected": verdict_of.get(p["rejected"]["record_id"])}
             p["guard"] = {"mode": guard_mode, **found}
-            flagged = [k for k, v in found.items() if v is None or not v["safe"]]  # no verdict: unsafe (fail-closed)
+            # A refusal pair answers a request for harm, and its rejected side complies by design: what it teaches
+            # is the chosen side, which must be safe; otherwise all three must be. No verdict: unsafe (fail-closed).
+            checked = ("chosen",) if signal == "refusal" else tuple(found)
+            flagged = [k for k in checked if found[k] is None or not found[k]["safe"]]
             if flagged:
                 counts["dropped_unsafe"] += 1
                 unsafe.append({"id": pair["id"], "task_id": p["task_id"], "stage": stage, "flagged": flagged,
                                "reason": "; ".join(_why(k, found[k]) for k in flagged), "guard": p["guard"], "pair": pair})
                 continue
-        counts[f"kept_{pair['provenance']['source']}_by_{pair['provenance']['decided_by']}"] += 1
+        counts[f"kept_{p['source']}_by_{p['decided_by']}"] += 1
+        if p["source"] == "contrast":
+            counts[f"contrast_{p['principle_id']}_kept"] += 1
         pairs.append(pair)
 
     counts["pairs"] = len(pairs)
@@ -242,7 +272,7 @@ def _why(side: str, verdict: dict | None) -> str:
 
 def _pair(pair_id: str, stage: int, task: dict, source: str, decided_by: str, chosen: dict, rejected: dict, texts: tuple[str, str],
           kept: tuple[bool | None, bool | None], principle_id: str | None = None, critique: str | None = None,
-          judge: dict | None = None, prompt: list | None = None, quality: dict | None = None) -> dict:
+          judge: dict | None = None, prompt: list | None = None, quality: dict | None = None, contrast: dict | None = None) -> dict:
     constraint = task.get("constraint") or {}
     quality = quality or {}
     return {
@@ -263,6 +293,7 @@ def _pair(pair_id: str, stage: int, task: dict, source: str, decided_by: str, ch
                            "chosen_keeps": kept[0], "rejected_keeps": kept[1]},
             "guard": {"mode": "off", "prompt": None, "chosen": None, "rejected": None},
             "quality": {"chosen": quality.get(chosen["id"]), "rejected": quality.get(rejected["id"])},
+            "contrast": contrast,  # the instructions, the check and both sides' propositions (contrast pairs only)
             "chosen": _side(chosen),
             "rejected": _side(rejected),
         },

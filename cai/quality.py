@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -50,9 +51,20 @@ def resolve_embedder(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=2)
+_LOADING = threading.Lock()
+
+
 def embedder(name: str):
-    """The sentence-transformers model, loaded once per process (it is small: 90 MB)."""
+    """The sentence-transformers model, loaded once per process (it is small: 90 MB). One thread at a
+    time: transformers' loading patches torch globally while it builds the model, and two loads at
+    once (the optimizer's concurrent traces) left that patch in place, so every model built after
+    it in the process had its weights on the meta device."""
+    with _LOADING:
+        return _load_embedder(name)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_embedder(name: str):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(resolve_embedder(name), device="cpu", local_files_only=True)
@@ -97,12 +109,15 @@ def signals(requests: list[str], answers: list[str], model) -> list[dict]:
              "empty": not a.strip()} for r, a in zip(rel, answers)]
 
 
-def measure(tasks: list[dict], responses, revisions, model) -> list[dict]:
-    """quality.jsonl's rows: every answer's and revision's signals against its task's bare request."""
+def measure(tasks: list[dict], responses, revisions, contrasts, model) -> list[dict]:
+    """quality.jsonl's rows: the signals of every answer and revision against its task's bare request,
+    and of both sides of every contrast (`<id>:positive`, `<id>:negative`) against its request."""
     request_of = {t["id"]: t["request"] for t in tasks}
-    answers = [(r, r["response"]) for r in responses if r["ok"]] + [(r, r["revision"]) for r in revisions if r["ok"]]
-    found = signals([request_of[r["task_id"]] for r, _ in answers], [text for _, text in answers], model)
-    return [{"id": r["id"], "task_id": r["task_id"], **q} for (r, _), q in zip(answers, found)]
+    rows = [(r["id"], r["task_id"], request_of[r["task_id"]], r["response"]) for r in responses if r["ok"]]
+    rows += [(r["id"], r["task_id"], request_of[r["task_id"]], r["revision"]) for r in revisions if r["ok"]]
+    rows += [(f"{r['id']}:{side}", r["request_id"], r["request"], r[side]) for r in contrasts if r["ok"] for side in ("positive", "negative")]
+    found = signals([request for _, _, request, _ in rows], [text for *_, text in rows], model)
+    return [{"id": rid, "task_id": task_id, **q} for (rid, task_id, _, _), q in zip(rows, found)]
 
 
 def summary(found: list[dict]) -> dict:

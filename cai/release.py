@@ -42,6 +42,7 @@ def pair_features():
     side = {"record_id": text, "model": text, "program": text}
     signals = {"relevance": Value("float64"), "repetition": Value("float64"), "words": Value("int64"),
                "boilerplate": Value("bool"), "empty": Value("bool")}
+    propositions = {k: Value("bool") for k in ("refuses", "apologises", "says_cannot", "lectures", "brief", "good_refusal", "keeps_rule")}
     return Features({
         "id": text, "prompt": turn, "chosen": turn, "rejected": turn,
         "provenance": {
@@ -51,6 +52,8 @@ def pair_features():
             "constraint": {"id": text, "description": text, "chosen_keeps": Value("bool"), "rejected_keeps": Value("bool")},
             "guard": {"mode": text, "prompt": verdict, "chosen": verdict, "rejected": verdict},
             "quality": {"chosen": signals, "rejected": signals},
+            "contrast": {"requests": text, "positive": text, "negative": text, "signal": text, "at_most": Value("int64"),
+                         "margin": Value("float64"), "chosen": propositions, "rejected": propositions},
             "chosen": side, "rejected": side,
         },
     })

@@ -142,12 +142,13 @@ def write_report(run: Run) -> Path:
                      f"| {'-' if agreement is None else agreement} | {judge_drops} "
                      f"| {counts.get('dropped_best_of_n_not_separated', 0)} | {filter_drops} | {counts.get('dropped_unsafe', 0)} "
                      f"| {sum(tokens[n].values())} | {sum(seconds[n].values()):.0f} |")
+    lines += by_principle(run, data, stage_info, trained)
     lines += ["", "## Prompt optimization", "", "The metric of each compiled program on held-out seed tasks, before and after "
               "compiling, and what compiling cost.", "", "| stage | program | before | after | demos | LM calls | tokens | seconds |",
               "| --- " * 8 + "|"]
     for n in trained:
         opt = stage_info[f"stage{n}"].get("steps", {}).get("optimize", {})
-        for name in ("propose", "critique_revise", "judge"):
+        for name in sorted({k.removesuffix("_before") for k in opt if k.endswith("_before")}):
             if f"{name}_before" in opt:
                 lines.append(f"| {n} | {name} | {opt[f'{name}_before']} | {opt[f'{name}_after']} | {opt.get(f'{name}_demos')} "
                              f"| {opt.get(f'{name}_lm_calls')} | {opt.get(f'{name}_tokens', '-')} | {opt.get(f'{name}_seconds')} |")
@@ -188,25 +189,30 @@ def gain_and_tax(data: dict, stage_info: dict) -> list[str]:
 
 
 def side_by_side(run: Run, original: Run, origin: dict, names: list[str]) -> list[str]:
-    """This rerun's scores next to the run it came from, at the stage it reran."""
+    """This rerun's scores next to the run it came from, at the stage it reran: the dev suites, the
+    test set where both tested there, and the pairs by principle."""
     n = origin["stage"]
-    ours = _read_json(run.stage_dir(n) / "eval.json")
-    theirs = _read_json(original.stage_dir(n) / "eval.json")
     lines = [f"## Against `{original.root.name}`", "",
              f"This run reran stage {n} of `{origin['run']}` under a changed {'; '.join(origin.get('changed', ['constitution']))}, "
-             f"from its `{origin.get('first_step', 'critique')}` step on; the stages before it, and the steps before that, "
+             f"from its `{origin.get('first_step', 'contrast')}` step on; the stages before it, and the steps before that, "
              f"are shared. The difference is this run's minus the original's, paired item by item where the records are at hand.",
              "", f"| stage {n} | this run | original | difference |", "| --- | --- | --- | --- |"]
-    for name in names:
-        cells = [f"{e[name]['score']:.2f} [{e[name]['low']:.2f}, {e[name]['high']:.2f}]" if name in e else "-" for e in (ours, theirs)]
-        if name in ours and name in theirs:
-            diff, how = difference(name, (run, n), (original, n), (ours[name], theirs[name]))
-            cells.append(f"{diff['score']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] ({how})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for file, shown in (("eval.json", names), ("test.json", list(TEST))):
+        ours, theirs = _read_json(run.stage_dir(n) / file), _read_json(original.stage_dir(n) / file)
+        for name in (s for s in shown if s in ours or s in theirs):
+            cells = [f"{e[name]['score']:.2f} [{e[name]['low']:.2f}, {e[name]['high']:.2f}]" if name in e else "-" for e in (ours, theirs)]
+            if name in ours and name in theirs:
+                diff, how = difference(name, (run, n), (original, n), (ours[name], theirs[name]))
+                cells.append(f"{diff['score']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] ({how})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     counts = [r.stage(n).get("steps", {}).get("pairs", {}) for r in (run, original)]
     lines.append("| pairs | " + " | ".join(str(c.get("pairs", "-")) for c in counts) + " | |")
     lines.append("| dropped by quality filters | " + " | ".join(
         str(sum(v for k, v in c.items() if k.startswith("dropped_filter"))) for c in counts) + " | |")
+    made = [Counter(p["provenance"]["principle_id"] or f"({p['provenance']['source']}, no principle)" for p in r.read(n, "pairs"))
+            for r in (run, original)]
+    for principle in sorted(set(made[0]) | set(made[1])):
+        lines.append(f"| pairs: {principle} | {made[0][principle]} | {made[1][principle]} | |")
     return lines + [""]
 
 
@@ -225,3 +231,33 @@ def _model_statement(cfg: dict) -> str:
                 "relevance, the off-topic share and length are its tax. Read the verdict below and the intervals "
                 "before reading any change (README, \"The default run, measured\").")
     return (f"Model `{model}`. Scores carry 95% intervals; a change smaller than the intervals is not a change.")
+
+
+def by_principle(run: Run, data: dict, stage_info: dict, trained: list[int]) -> list[str]:
+    """The pairs by source and by principle, stage by stage: each principle's contrast yield (requests
+    answered, pairs its check confirmed, pairs kept after the filters and the guard), its revisions
+    kept, and why a principle of the stage made none."""
+    pairs = [p for n in trained for p in data["pairs"].get(n, [])]
+    from_principles = sum(p["provenance"]["source"] in ("contrast", "revision") for p in pairs)
+    lines = ["", "## Pairs by source and by principle", "",
+             f"Of {len(pairs)} pairs, {from_principles} ({from_principles / len(pairs):.0%}) come from a principle of the constitution "
+             f"(its contrast, or a revision by it); the rest are best-of-n samples a rule checker separated." if pairs else "No pair was kept.",
+             "", "| stage | principle | contrast requests | its check separated | kept (contrast) | kept (revision) | why none |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    constitution = run.manifest.get("snapshot", {}).get("constitution", {}).get("principles", [])
+    for n in trained:
+        counts, made = stage_info.get(f"stage{n}", {}).get("steps", {}), data["pairs"].get(n, [])
+        asked = Counter(r["principle_id"] for r in run.read(n, "contrasts") if r.get("ok"))
+        pair_counts = counts.get("pairs", {})
+        for principle in [c["id"] for c in constitution if n in c["stages"]]:
+            kept = sum(p["provenance"]["source"] == "contrast" and p["provenance"]["principle_id"] == principle for p in made)
+            revised = sum(p["provenance"]["source"] == "revision" and p["provenance"]["principle_id"] == principle for p in made)
+            separated = asked[principle] - pair_counts.get(f"contrast_{principle}_not_separated", 0) if asked[principle] else 0
+            why = counts.get("contrast", {}).get(f"{principle}_makes_none", "")
+            if not why and asked[principle] and not kept:
+                why = ("its check separated none of the two answers" if not separated else
+                       "the quality filters or the guard dropped every pair its check confirmed")
+            lines.append(f"| {n} | {principle} | {asked[principle] or '-'} | {separated if asked[principle] else '-'} | {kept} | {revised} "
+                         f"| {why or ('-' if kept or revised else 'no revision became a pair')} |")
+    by_source = Counter(p["provenance"]["source"] for p in pairs)
+    return lines + ["", "By source over the run: " + ", ".join(f"{k} {v}" for k, v in sorted(by_source.items())) + "."] if pairs else lines

@@ -17,11 +17,11 @@ from cai.settings import ConfigError
 from cai.store import Run, derive
 
 # A stage's steps in the order they run, and what each writes under stageN/.
-STEPS = ("optimize", "propose", "respond", "critique", "revise", "judge", "quality", "guard",
+STEPS = ("optimize", "propose", "respond", "contrast", "critique", "revise", "judge", "quality", "guard",
          "pairs", "train", "swap", "evaluate", "gate", "test")
 STEP_FILES = {
     "optimize": ("programs", "optimize_responses.jsonl", "prompts.md"), "propose": ("proposals.jsonl", "tasks.jsonl"),
-    "respond": ("responses.jsonl",), "critique": ("critiques.jsonl",), "revise": ("revisions.jsonl",),
+    "respond": ("responses.jsonl",), "contrast": ("contrasts.jsonl",), "critique": ("critiques.jsonl",), "revise": ("revisions.jsonl",),
     "judge": ("judgments.jsonl",), "guard": ("guard.jsonl", "safety.jsonl"), "quality": ("quality.jsonl",),
     "pairs": ("pairs.jsonl",), "train": ("adapter",), "swap": (), "evaluate": ("eval", "eval.json"), "gate": (),
     "test": ("test", "test.json"),
@@ -29,10 +29,10 @@ STEP_FILES = {
 # The first step that reads each stage setting (config.StageConfig). A setting not named here
 # (the kind of task, seeds, counts, sampling, prompt optimization) reaches the whole stage.
 # The guard reads the pairs' settings too: it classifies the candidate pairs, as selected and filtered.
-FIRST_READER = {"pair_sources": "critique", "judge_min_agreement": "critique", "judge_margin": "guard", "pair_filters": "guard",
+FIRST_READER = {"pair_sources": "contrast", "judge_min_agreement": "contrast", "judge_margin": "guard", "pair_filters": "guard",
                 "train": "train", "suites": "evaluate", "gate": "gate"}
-# The constitution is first read by critique, and by optimize's critique and revise programs:
-# optimize is compiled anew, and keeps its constitution-free parts.
+# The constitution is first read by the contrast step, and by optimize's contrast, critique and revise
+# programs: optimize is compiled anew, and keeps its constitution-free parts.
 CONSTITUTION_FREE_OPTIMIZE = ("programs/propose.json", "programs/judge.json", "optimize_responses.jsonl")
 
 
@@ -43,7 +43,7 @@ def changed_settings(old: StageConfig, new: StageConfig) -> list[str]:
 
 def first_step_reached(settings: list[str], constitution_changed: bool) -> str | None:
     """The first step of the stage that a change of these settings (and of the constitution) reaches."""
-    reached = [FIRST_READER.get(name, STEPS[0]) for name in settings] + (["critique"] if constitution_changed else [])
+    reached = [FIRST_READER.get(name, STEPS[0]) for name in settings] + (["contrast"] if constitution_changed else [])
     return min(reached, key=STEPS.index) if reached else None
 
 

@@ -28,7 +28,7 @@ SUITES = ("instruction_following", "harmlessness", "over_refusal", "helpfulness"
 BENCHMARKS = ("ifeval", "harmbench")  # the test set: outside yardsticks (cai/benchmarks.py)
 # Where a pair's verdict comes from: best-of-n samples the checker separates, a revision
 # the checker prefers (or not), a revision the judge prefers where the checker is silent.
-PAIR_SOURCES = ("best_of_n", "revision", "judge")
+PAIR_SOURCES = ("best_of_n", "revision", "judge", "contrast")
 # What evaluate writes to eval.json (besides `lm_eval:<task>:<metric>` for added lm-eval tasks).
 SCORES = ("instruction_following", "instruction_following_loose", "instruction_following_inst_level",
           "harmlessness_refusal", "harmlessness_unsafe", "over_refusal", "win_rate_vs_previous", "win_rate_vs_base",
@@ -89,6 +89,7 @@ class Generation(Strict):
     respond: Sampling = Sampling(temperature=0.8, max_tokens=128)
     critique: Sampling = Sampling(temperature=0.7, max_tokens=96)
     revise: Sampling = Sampling(temperature=0.7, max_tokens=160)
+    contrast: Sampling = Sampling(temperature=0.8, max_tokens=128)  # both sides alike, one seed a request
     judge: Sampling = Sampling(temperature=0.0, max_tokens=4, top_logprobs=5)
     evaluate: Sampling = Sampling(temperature=0.0, max_tokens=128)  # the suites decode greedily
 
@@ -100,6 +101,7 @@ class Counts(Strict):
     seeds_used: int = Field(8, ge=0)  # seed tasks answered as they are
     samples: int = Field(2, ge=1)  # responses per task (best-of-n)
     critiques: int | None = Field(None, ge=0)  # at most this many critiques (and revisions) a stage; None: wherever one can decide
+    contrasts: int = Field(8, ge=0)  # requests each of the stage's principles answers under its two instructions (the contrast step)
     target_pairs: int | None = Field(None, ge=1)  # respond stops once the answers hold this many filtered best-of-n pairs
     respond_batch: int = Field(48, ge=1)  # ... checking after every this many tasks (None target: every task is answered)
     eval_items: int = Field(40, ge=1)  # held-out items per suite (the first ones), at each stage
@@ -148,7 +150,8 @@ class OptimizeSettings(Strict):
     """How a stage compiles its programs' prompts before generating at scale (cai/optimize.py)."""
 
     optimizer: Literal["none", "bootstrap_fewshot", "bootstrap_random_search", "miprov2", "gepa"] = "bootstrap_fewshot"
-    programs: list[Literal["propose", "critique_revise", "judge"]] = ["propose", "critique_revise"]
+    # contrast: one program a principle of the stage that makes pairs, compiled against its contrast yield
+    programs: list[Literal["propose", "contrast", "critique_revise", "judge"]] = ["propose", "contrast", "critique_revise"]
     trainset: int = Field(4, ge=1)  # seed tasks the optimizer learns from
     devset: int = Field(4, ge=0)  # other seed tasks the metric is measured on, before and after
     max_demos: int = Field(2, ge=0)  # demos bootstrapped from the program's own passing runs

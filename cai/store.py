@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+class StageError(RuntimeError):
+    """A step produced nothing to go on with, or a stage failed a gate that stops the run; the message names the step and why."""
+
+
 class Records:
     """A jsonl file of records keyed by `id`, safe to append from several threads."""
 

@@ -114,7 +114,8 @@ def caps_line(base: dict, final: dict) -> str:
     for suite in base.get("caps", {}):
         b, f = base["caps"][suite], final.get("caps", {}).get(suite, {})
         parts.append(f"{suite} (cap {b.get('cap')} new tokens): {b.get('reached_cap')} and {f.get('reached_cap', '-')} of {b.get('n')} "
-                     f"reached the cap, {b.get('stopped_repeating')} and {f.get('stopped_repeating', '-')} stopped on a loop")
+                     f"reached the cap ({b.get('changed_if_cut_at_half', '-')} and {f.get('changed_if_cut_at_half', '-')} of them would "
+                     f"score otherwise cut at half their length), {b.get('stopped_repeating')} and {f.get('stopped_repeating', '-')} stopped on a loop")
     return "Answers' endings, base and final: " + "; ".join(parts) + "." if parts else ""
 
 

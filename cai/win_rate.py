@@ -58,3 +58,16 @@ def position_bias(judged: list[tuple[str | None, str | None]]) -> dict:
     answered = [(ab, ba) for ab, ba in judged if ab and ba]
     same = sum(1 for ab, ba in answered if ab == ba)
     return {"share": round(same / len(answered), 4) if answered else 1.0, "same": same, "n": len(answered)}
+
+
+def win_rates(ours: list[dict], against: dict[str, str], theirs, ask, out, check_items: int, max_bias: float) -> tuple[dict, dict]:
+    """Each win rate `against` names (score name: the other stage), `theirs(other)` giving that stage's
+    answers by item id: (the scores, why each one not measured was not)."""
+    scores, not_measured = {}, {}
+    for name, other in against.items():
+        rate, why = win_rate_against(ours, theirs(other), other, ask, out, check_items, max_bias)
+        if rate is None:
+            not_measured[name] = why
+        else:
+            scores[name] = {**rate, "against": other}
+    return scores, not_measured

@@ -17,7 +17,7 @@ import pytest
 from cai.store import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["optimize", "propose", "respond", "critique", "revise", "judge", "quality", "guard", "pairs", "train", "swap", "evaluate", "gate"]
+STEPS = ["optimize", "propose", "respond", "contrast", "critique", "revise", "judge", "quality", "guard", "pairs", "train", "swap", "evaluate", "gate"]
 
 
 def bootstrap(*args) -> subprocess.CompletedProcess:
@@ -163,7 +163,9 @@ def test_the_run_is_released_as_a_dataset_and_cards(two_stages):
 def test_the_report_is_written(two_stages):
     run, _, _ = two_stages
     report = (run / "report.md").read_text()
-    assert "| 2 |" in report and (run / "report" / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 2 |" in report and "## The verdict" in report
+    for plot in ("dev.png", "test.png", "pairs.png"):  # the dev suites stage by stage, the test set at both ends, the pairs' sources
+        assert (run / "report" / plot).read_bytes()[:4] == b"\x89PNG", plot
 
 
 def test_verify_finds_every_sealed_file_as_it_was(two_stages):

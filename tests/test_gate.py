@@ -38,7 +38,7 @@ def test_a_refused_stage_is_not_promoted_and_the_next_starts_from_the_last_promo
     stages = {n: resolve_stage(cur, cur.profiles["cpu"], n) for n in (1, 2, 3)}
     scripted = {1: 0.5, 2: 0.2, 3: 0.55}  # stage 2 regresses
     trained_from = []
-    for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "measure_quality", "swap"):
+    for name in ("optimize", "propose", "respond", "contrast", "critique", "revise", "judge", "safety_check", "measure_quality", "swap"):
         monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
     monkeypatch.setattr(bootstrap, "make_pairs", lambda ctx, st, tasks: {"pairs": st.train.min_pairs})
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: trained_from.append(previous) or {})
@@ -77,7 +77,7 @@ def test_a_gate_set_to_stop_ends_the_run_with_the_reason(ctx):
 
 def test_a_stage_whose_training_diverged_is_not_promoted_and_the_policy_stays(ctx, monkeypatch):
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "measure_quality"):
+    for name in ("optimize", "propose", "respond", "contrast", "critique", "revise", "judge", "safety_check", "measure_quality"):
         monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
     monkeypatch.setattr(bootstrap, "make_pairs", lambda ctx, st, tasks: {"pairs": st.train.min_pairs})
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: {"diverged": "loss nan at step 3"})
@@ -90,7 +90,7 @@ def test_a_stage_whose_training_diverged_is_not_promoted_and_the_policy_stays(ct
 
 def test_a_stage_with_too_few_pairs_is_not_trained_and_the_policy_stays(ctx, monkeypatch):
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    for name in ("optimize", "propose", "respond", "critique", "revise", "judge", "safety_check", "measure_quality"):
+    for name in ("optimize", "propose", "respond", "contrast", "critique", "revise", "judge", "safety_check", "measure_quality"):
         monkeypatch.setattr(bootstrap, name, lambda *a, **k: {})
     st = resolve_stage(cur, cur.profiles["cpu"], 2)
     monkeypatch.setattr(bootstrap, "make_pairs", lambda *a: {"pairs": st.train.min_pairs - 1, "dropped_filter_relevance": 4})

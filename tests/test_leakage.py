@@ -26,6 +26,20 @@ def test_no_seed_task_or_rule_phrasing_comes_near_an_evaluation_item(evaluation)
     assert leaks(seeds + phrasings + prompts, evaluation) == []
 
 
+def test_the_request_sets_and_the_principles_exemplars_stay_away_from_every_suite(evaluation):
+    from cai.constitution import load_constitution
+    from cai.contrast import known_requests
+
+    requests = [r["request"] for kind in ("harmful", "benign") for r in known_requests(kind)]
+    assert len(requests) == len(set(requests)) == 160
+    texts = []
+    for path in (ROOT / "constitution.yaml", *sorted((ROOT / "constitutions").glob("*.yaml"))):  # the shipped constitutions
+        con, _ = load_constitution(path)
+        for c in (p.contrast for p in con.principles if p.contrast):
+            texts += [c.positive, c.negative] + [text for e in c.examples for text in (e.request, e.positive, e.negative) if text]
+    assert leaks(requests + texts, evaluation) == []
+
+
 def test_a_planted_near_duplicate_is_found(evaluation):
     item = benchmarks.items("ifeval")[7]["prompt"]
     planted = item.replace(".", "!", 1) + " Thanks."

@@ -58,17 +58,19 @@ def test_the_optimize_step_records_the_metric_and_prompts_prints_each_program(ct
     ctx.guard = ctx.guard.model_copy(update={"mode": "off"})
     ctx.run.manifest["stages"] = {}
     st = stage(1)
-    st = st.model_copy(update={"optimize": st.optimize.model_copy(update={"trainset": 2, "devset": 2})})
+    st = st.model_copy(update={"optimize": st.optimize.model_copy(update={"trainset": 2, "devset": 2,
+                                                                           "programs": ["propose", "contrast", "critique_revise"]})})
     stats = bootstrap.optimize(ctx, st, "stage0")
     assert stats["propose_before"] is not None and stats["propose_lm_calls"] > 0
     assert {"critique_revise_before", "critique_revise_after", "critique_revise_demos", "critique_revise_seconds"} <= set(stats)
     folder = ctx.run.stage_dir(1) / "programs"
-    assert sorted(p.name for p in folder.glob("*.json")) == ["critique.json", "propose.json", "revise.json"]
+    contrasts = sorted(f"contrast-{p.id}.json" for p in ctx.constitution.for_stage(1) if p.contrast)  # each principle's own
+    assert sorted(p.name for p in folder.glob("*.json")) == sorted(["critique.json", "propose.json", "revise.json", *contrasts])
     ctx.run.manifest.update(run="t", config={}, snapshot={})
     ctx.run.save()
     assert bootstrap.main(["prompts", "--run", str(ctx.run.root), "--stage", "1"]) == 0
     out = capsys.readouterr().out
-    for name in ("## propose", "## respond", "## critique", "## revise", "## judge"):
+    for name in ("## propose", "## respond", "## critique", "## revise", "## judge", "## contrast-avoid-harm"):
         assert name in out
     assert "Rewrite the response to the request" in out  # the reviser's instructions, as the adapter sends them
     assert bootstrap.main(["prompts", "--run", str(ctx.run.root), "--stage", "1", "--program", "judge"]) == 0
@@ -163,3 +165,28 @@ def test_a_warm_start_that_scores_higher_stays_the_stages_program():
                                       lm, PlainAdapter(), 2, 0, start=warm)
     assert report["warm_start"] and report["before"] == 1.0 and report["kept"] == "the start: it scored higher"
     assert program is warm and report["after"] == 1.0
+
+
+def test_a_principles_exemplars_teach_the_first_traces_and_stay_where_none_passes():
+    """A start with demos (a principle's exemplars) is the optimizer's teacher as it is: DSPy would
+    otherwise give the teacher labeled demos from a trainset that has no answers, and the 135M model
+    follows a contrast instruction only from such turns (README)."""
+    from cai import ROOT
+    from cai.constitution import load_constitution
+    from cai.contrast import program
+
+    con, _ = load_constitution(ROOT / "constitution.yaml")
+    avoid = next(p for p in con.principles if p.id == "avoid-harm")
+    shown = []
+
+    class Scripted(DummyLM):
+        def forward(self, prompt=None, messages=None, **kwargs):
+            shown.append(len(messages))
+            return super().forward(prompt=prompt, messages=messages, **kwargs)
+
+    lm = Scripted({"": {"response": "I'm sorry, but I can't help with that."}}, adapter=PlainAdapter())
+    data = [dspy.Example(request=f"Harmful request {i}.").with_inputs("request") for i in range(4)]
+    kept, summary = compile_program(program(avoid)(), lambda ex, pred, trace=None: False, data[:2], data[2:], OptimizeSettings(),
+                                    lm, PlainAdapter(), 2, 0)
+    assert max(shown) == 2 + 2 * len(avoid.contrast.examples)  # the positive side's traces carried the exemplars
+    assert summary["kept"] == "no trace passed: the start" and len(kept.positive.demos) == len(avoid.contrast.examples)

@@ -9,7 +9,7 @@ from cai.settings import PairFilters
 
 NO_COMMA = {"instruction_id": "punctuation:no_comma", "kwargs": {}, "description": "Use no commas."}
 PROVENANCE = {"stage", "task_id", "task_source", "source", "decided_by", "principle_id", "critique", "judge",
-              "constraint", "guard", "quality", "chosen", "rejected"}
+              "constraint", "guard", "quality", "contrast", "chosen", "rejected"}
 MESSAGES = [{"role": "system", "content": "sys"}, {"role": "user", "content": "Name fruits. Use no commas."}]
 
 

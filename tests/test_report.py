@@ -105,7 +105,8 @@ def test_the_verdict_reads_the_test_set_paired_and_labels_the_dev_set_apart(tmp_
             ok = i in kept
             rows.append({"id": str(1000 + i), "finish": "end", "metrics": {"prompt_level_strict_acc": ok, "prompt_level_loose_acc": ok,
                                                                            "inst_level_strict_acc": [ok], "inst_level_loose_acc": [ok]}})
-        caps = {"ifeval": {"cap": 1280, "n": 541, "reached_cap": 9, "stopped_repeating": 200, "share_reached_cap": 0.0166}}
+        caps = {"ifeval": {"cap": 1280, "n": 541, "reached_cap": 9, "stopped_repeating": 200, "share_reached_cap": 0.0166,
+                           "changed_if_cut_at_half": 0}}
         write_json_atomic(run.stage_dir(n) / "test.json", {"model": f"stage{n}", "set": "test", "caps": caps,
                                                             "ifeval_prompt_strict": score(len(kept) / 541, 541)})
         write_json_atomic(run.stage_dir(n) / "eval.json", {"model": f"stage{n}", "set": "dev", "instruction_following": score(0.3)})

@@ -103,7 +103,7 @@ def test_the_rerun_shares_upstream_recomputes_downstream_and_leaves_the_original
     assert derived.manifest["run"] == folder.name
     assert derived.manifest["derived_from"]["constitution_sha256"] == config["constitution_sha256"] != sha
     assert derived.manifest["derived_from"]["changed"] == ["constitution"]
-    assert derived.step_done(1, "gate") and derived.step_done(2, "respond") and not derived.step_done(2, "critique")
+    assert derived.step_done(1, "gate") and derived.step_done(2, "respond") and not derived.step_done(2, "contrast")
     run_stages(derived, con, (2,), monkeypatch)
 
     after = tree(derived.root)
@@ -140,9 +140,10 @@ def test_changed_pair_filters_rerun_the_stage_from_the_guard_on_the_same_samples
     origin = derived.manifest["derived_from"]
     # the guard classifies the candidate pairs, which the filters decide: it is the first step reached
     assert origin["changed"] == ["curriculum: pair_filters"] and origin["first_step"] == "guard"
-    assert [k for k in STEPS if derived.step_done(2, k)] == ["optimize", "propose", "respond", "critique", "revise",
+    assert [k for k in STEPS if derived.step_done(2, k)] == ["optimize", "propose", "respond", "contrast", "critique", "revise",
                                                                          "judge", "quality"]
-    for shared in ("stage2/responses.jsonl", "stage2/revisions.jsonl", "stage2/quality.jsonl", "stage2/programs/critique.json"):
+    for shared in ("stage2/responses.jsonl", "stage2/contrasts.jsonl", "stage2/revisions.jsonl", "stage2/quality.jsonl",
+                   "stage2/programs/propose.json", "stage2/programs/contrast-avoid-harm.json"):
         assert (derived.root / shared).stat().st_ino == (run.root / shared).stat().st_ino, shared
     assert not (derived.root / "stage2" / "pairs.jsonl").exists()
     run_stages(derived, load_constitution(ROOT / "constitution.yaml")[0], (2,), monkeypatch, filters=PairFilters(min_relevance=0.9))
@@ -162,7 +163,7 @@ def test_a_changed_gate_shares_everything_up_to_the_gate(original, tmp_path):
 
 def test_first_step_reached():
     assert first_step_reached(["suites", "train"], False) == "train"
-    assert first_step_reached(["gate"], True) == "critique"
+    assert first_step_reached(["gate"], True) == "contrast"  # the constitution is first read by the contrast step
     assert first_step_reached(["counts"], True) == "optimize"
     assert first_step_reached([], False) is None
 

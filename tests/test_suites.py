@@ -116,7 +116,8 @@ def test_eval_json_holds_every_suite_and_the_quality_suites_with_intervals(ctx, 
     rows = [json.loads(line) for line in (ctx.run.stage_dir(0) / "eval" / "instruction_following.jsonl").read_text().splitlines()]
     assert rows[0]["quality"]["relevance"] > 0.5 > rows[1]["quality"]["relevance"] and rows[1]["quality"]["boilerplate"]
     assert scores["set"] == "dev" and scores["caps"]["instruction_following"] == {
-        "cap": st.generation.evaluate.max_tokens, "n": 2, "reached_cap": 0, "stopped_repeating": 0, "share_reached_cap": 0.0}
+        "cap": st.generation.evaluate.max_tokens, "n": 2, "reached_cap": 0, "stopped_repeating": 0, "share_reached_cap": 0.0,
+        "changed_if_cut_at_half": 0}
     assert {r["finish"] for r in rows} == {"end"}
 
 
