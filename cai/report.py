@@ -227,9 +227,12 @@ def _model_statement(cfg: dict) -> str:
         return ("**What this model can show.** The CPU default is a 135M-parameter model (SmolLM2-135M-Instruct, "
                 "from a 4-bit GGUF). It shows that every step of the loop runs on the real stack. Its judge and its "
                 "guard are near chance (the judge names the first answer almost always; the guard calls nearly "
-                "everything safe), so its pairs come from the constraint checkers: what can move is instruction following, and "
-                "relevance, the off-topic share and length are its tax. Read the verdict below and the intervals "
-                "before reading any change (README, \"The default run, measured\").")
+                "everything safe), so its labels come from how the pairs are made: each principle's contrast (its two "
+                "instructions, with exemplar turns), confirmed by the principle's own check, and best-of-n samples a rule "
+                "checker separates. Whether it refuses harm is decided by the request sets, never by the model, and a model "
+                "this small may not tell a harmful request from a benign one that looks risky: read refusals beside "
+                "over-refusal. Read the verdict below and the intervals before reading any change (README, "
+                "\"The default run, measured\").")
     return (f"Model `{model}`. Scores carry 95% intervals; a change smaller than the intervals is not a change.")
 
 

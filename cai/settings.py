@@ -51,6 +51,10 @@ class TrainSettings(Strict):
     epochs: float = Field(1.0, gt=0)
     learning_rate: float = Field(5e-5, gt=0)
     beta: float = Field(0.1, gt=0)  # DPO's KL weight (ORPO's lambda)
+    # DPO only: this weight times the chosen side's negative log-likelihood added to DPO's loss (TRL's
+    # loss_type [sigmoid, sft]; RPO, Pang et al. 2024), so the chosen answer's own probability rises, not
+    # only the margin: DPO alone can widen the margin by making the rejected side less likely
+    sft_weight: float = Field(0.0, ge=0)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=32)  # prompt + response tokens; longer pairs are dropped

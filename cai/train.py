@@ -145,7 +145,8 @@ def train_adapter(
             from trl import DPOConfig, DPOTrainer
 
             # Over several epochs, the reference's log-probs once per pair instead of once per pair per epoch.
-            args = DPOConfig(beta=settings.beta, precompute_ref_log_probs=settings.epochs > 1, **common)
+            losses = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, settings.sft_weight]) if settings.sft_weight else {}
+            args = DPOConfig(beta=settings.beta, precompute_ref_log_probs=settings.epochs > 1, **losses, **common)
             trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
         else:
             from trl.experimental.orpo import ORPOConfig, ORPOTrainer

@@ -41,6 +41,17 @@ def test_orpo_trains_and_saves_an_adapter(tmp_path):
     assert not (tmp_path / "adapter" / "ref").exists()
 
 
+def test_dpo_with_an_sft_weight_adds_the_chosen_sides_likelihood_to_the_loss(tmp_path):
+    """At the first step the policy is its reference, so DPO's loss is log 2 whatever the pairs; the SFT term
+    adds the chosen side's negative log-likelihood on top of it, and nothing without a weight."""
+    model = resolve_model(EMBEDDED, ROOT / "models")
+    first = {w: train_adapter(model, None, [pair(i) for i in range(2)], tmp_path / f"adapter-{w}",
+                              TrainSettings(batch_size=2, max_length=128, sft_weight=w), seed=0)["loss_first"]
+             for w in (0.0, 1.0)}
+    assert abs(first[0.0] - 0.6931) < 1e-3
+    assert first[1.0] > first[0.0] + 0.5
+
+
 def test_a_runaway_loss_stops_training_and_saves_no_adapter(tmp_path):
     model = resolve_model(EMBEDDED, ROOT / "models")
     # DPO starts at log(2) = 0.69: with max_loss 0.01 the first logged step counts as runaway
