@@ -58,8 +58,8 @@ class Throughput:
                    "measured in the run" + ("" if train_tokens else " (training: stated)"))
 
 
-def stage_work(st: StageConfig, evaluate_only: bool = False) -> dict[str, dict[str, float]]:
-    """Per step: generated tokens, prompt tokens and trained tokens, at most."""
+def stage_work(st: StageConfig, evaluate_only: bool = False, test: bool = False) -> dict[str, dict[str, float]]:
+    """Per step: generated tokens, prompt tokens and trained tokens, at most; `test`: with the test set's."""
     c, g = st.counts, st.generation
     tasks = c.seeds_used + c.proposed
     critiques = tasks if c.critiques is None else min(tasks, c.critiques)
@@ -69,6 +69,11 @@ def stage_work(st: StageConfig, evaluate_only: bool = False) -> dict[str, dict[s
     win_rate = 2 * 2 * min(items, sizes.get("helpfulness", 0)) if "helpfulness" in st.suites.run else 0
     work = {"evaluate": {"generated": eval_items * g.evaluate.max_tokens + win_rate * g.judge.max_tokens,
                          "prompt": (eval_items + win_rate) * PROMPT_TOKENS["evaluate"]}}
+    if test:
+        t = st.suites
+        tested = {b: min(t.test_items or sizes[b], sizes[b]) for b in t.test}
+        work["test"] = {"generated": sum(n * t.test_max_tokens[b] for b, n in tested.items()),
+                        "prompt": sum(tested.values()) * PROMPT_TOKENS["evaluate"]}
     if evaluate_only:
         return work
     calls_per_program = 5 * (st.optimize.trainset + 2 * st.optimize.devset)
@@ -90,6 +95,12 @@ def stage_work(st: StageConfig, evaluate_only: bool = False) -> dict[str, dict[s
     return work
 
 
+def run_work(stages: dict[int, StageConfig], n: int, last: int) -> dict[str, dict[str, float]]:
+    """Stage `n`'s work in a run to stage `last`: stage 0 is the base's evaluation, and the test set
+    is answered at stage 0 and by the final policy."""
+    return stage_work(stages[1] if n == 0 else stages[n], evaluate_only=n == 0, test=n in (0, last))
+
+
 def stage_hours(work: dict[str, dict[str, float]], speed: Throughput, fixed_seconds: float) -> float:
     seconds = fixed_seconds
     for w in work.values():
@@ -105,7 +116,7 @@ def expected_minutes(stages: dict[int, StageConfig], speed: Throughput, fixed_se
     to_go = total = 0.0
     for n in [0, *range(first, last + 1)]:
         done = {k for k, v in manifest.get("stages", {}).get(f"stage{n}", {}).get("steps", {}).items() if v.get("status") == "done"}
-        work = stage_work(stages[1] if n == 0 else stages[n], evaluate_only=n == 0)
+        work = run_work(stages, n, last)
         fixed = 0 if n == 0 else fixed_seconds
         total += stage_hours(work, speed, fixed) * 60
         to_go += stage_hours({k: w for k, w in work.items() if k not in done}, speed, fixed * (n > 0 and "gate" not in done)) * 60
@@ -116,7 +127,7 @@ def plan_rows(stages: dict[int, StageConfig], gpu: GPUPlan, speed: Throughput, p
     """One row a stage (0: the base's evaluation): tokens, GPU-hours and dollars, at most."""
     rows = []
     for n in [0, *stages]:
-        work = stage_work(stages[1] if n == 0 else stages[n], evaluate_only=n == 0)
+        work = run_work(stages, n, max(stages))
         hours = stage_hours(work, speed, 0 if n == 0 else gpu.seconds_per_stage)
         rows.append({"stage": n, "generated": int(sum(w.get("generated", 0) for w in work.values())),
                      "prompt": int(sum(w.get("prompt", 0) for w in work.values())),
@@ -204,7 +215,7 @@ def layout_rows(stages: dict[int, StageConfig], fixed_seconds: float, speed: Thr
     for layout in layouts:
         f = fit(layout)
         on = scaled(speed, layout, f["tensor_parallel"], f["processes"], f["sharding"], measured_on)
-        hours = sum(stage_hours(stage_work(stages[1] if n == 0 else stages[n], evaluate_only=n == 0), on,
+        hours = sum(stage_hours(run_work(stages, n, max(stages)), on,
                                 0 if n == 0 else fixed_seconds) for n in [0, *stages])
         per_hour = layout.kind.price_per_hour if price is None else price
         rows.append({"layout": layout.label, "gpus": layout.gpus, **{k: f[k] for k in ("tensor_parallel", "replicas", "processes", "sharding", "fits")},

@@ -241,8 +241,8 @@ def prepare(args: argparse.Namespace) -> Launch | None:
     if stated := profile.gpu or profile.speed:  # the steps' work at the profile's stated rates (cai/budget.py)
         to_go, total = budget.expected_minutes(stages, budget.Throughput.stated(stated), stated.seconds_per_stage, run.manifest,
                                                first, last)
-        print(f"expected: about {to_go:.0f} min to go, and the server's start ({total:.0f} min for stage 0's evaluation and "
-              f"stages {first}..{last}, at the rates profiles.{name} states)", flush=True)
+        print(f"expected: about {to_go:.0f} min to go, and the server's start ({total:.0f} min for stage 0's evaluation, "
+              f"stages {first}..{last} and the test set at both ends, at the rates profiles.{name} states)", flush=True)
     settings = Settings(constitution=constitution, model=model, adapter=profile.adapter, seed=seed,
                         concurrency=profile.concurrency * profile.serve.data_parallel_size, timeout_s=profile.request_timeout_s,
                         trust_remote_code=profile.trust_remote_code, guard=profile.guard, server_restarts=profile.server_restarts,
