@@ -66,12 +66,14 @@ PER_ITEM = {
 
 
 def per_item(run: Run, n: int, name: str) -> dict[str, float]:
-    """The score `name` of stage n item by item (id: value); empty where its records are missing."""
+    """The score `name` of stage n item by item (id: value), from those of its suites the stage ran
+    (the quality suites read two, and a profile may run one); empty where no record can be read."""
     files, value = PER_ITEM[name]
-    folder = "test" if name.startswith(("ifeval", "harmbench")) else "eval"
+    folder = run.stage_dir(n) / ("test" if name.startswith(("ifeval", "harmbench")) else "eval")
     try:
-        return {f"{f}/{r['id']}": value(r) for f in files for r in read_jsonl(run.stage_dir(n) / folder / f"{f}.jsonl")}
-    except (OSError, KeyError, TypeError, ValueError):  # missing or unreadable: the unpaired interval serves
+        return {f"{f}/{r['id']}": value(r) for f in files if (folder / f"{f}.jsonl").exists()
+                for r in read_jsonl(folder / f"{f}.jsonl")}
+    except (OSError, KeyError, TypeError, ValueError):  # unreadable: the unpaired interval serves
         return {}
 
 

@@ -163,3 +163,17 @@ def test_with_the_items_on_record_the_gate_reads_relevance_paired_item_by_item(c
     write_json_atomic(ctx.run.stage_dir(3) / "eval.json", {"relevance": {"score": 0.565, "low": 0.52, "high": 0.61, "n": 80}})
     write_relevance(ctx.run, 3, [v + (0.24 if i % 2 else -0.30) for i, v in enumerate(before)])
     assert bootstrap.gate(ctx, resolve_stage(cur, cur.profiles["cpu"], 3), "stage1")["promoted"] is True
+
+
+def test_the_quality_suites_read_paired_where_the_profile_runs_one_of_their_two_suites(ctx):
+    """The cpu profile leaves helpfulness out: its missing records must not make length unpaired."""
+    from cai.intervals import difference
+    for n, words in ((0, 100), (1, 90)):
+        folder = ctx.run.stage_dir(n) / "eval"
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [{"id": i, "quality": {"relevance": 0.7, "repetition": 0.0, "words": words + i % 3, "boilerplate": False,
+                                      "empty": False}} for i in range(30)]
+        (folder / "instruction_following.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wide = {"score": 0.0, "low": -50.0, "high": 50.0, "n": 30}
+    diff, how = difference("length_words", (ctx.run, 1), (ctx.run, 0), (wide, wide))
+    assert how == "paired" and diff["score"] == pytest.approx(-10.0) and diff["high"] < 0
