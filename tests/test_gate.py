@@ -8,6 +8,7 @@ import bootstrap
 from cai import ROOT
 from cai.config import load_curriculum, resolve_stage
 from cai.gate import failures
+from cai.intervals import difference
 from cai.settings import Gate
 from cai.store import write_json_atomic
 
@@ -133,13 +134,13 @@ def test_small_drops_that_each_pass_cannot_add_up_past_the_base(ctx):
     assert ctx.run.stage(3)["gate"]["failed"] == ["instruction_following fell from 0.500 to 0.340 (allowed: drop of 0.1) (against stage0)"]
 
 
-def write_relevance(run, n, values):
+def write_relevance(run, n, values, suites=("instruction_following", "helpfulness")):
     """A stage's per-item answers on the quality suites' items, as evaluate records them."""
-    for suite in ("instruction_following", "helpfulness"):
+    for suite in suites:
         rows = [{"id": i, "quality": {"relevance": v, "repetition": 0.0, "words": 50, "boilerplate": False, "empty": False}}
                 for i, v in enumerate(values)]
         folder = run.stage_dir(n) / "eval"
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{suite}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -166,14 +167,10 @@ def test_with_the_items_on_record_the_gate_reads_relevance_paired_item_by_item(c
 
 
 def test_the_quality_suites_read_paired_where_the_profile_runs_one_of_their_two_suites(ctx):
-    """The cpu profile leaves helpfulness out: its missing records must not make length unpaired."""
-    from cai.intervals import difference
-    for n, words in ((0, 100), (1, 90)):
-        folder = ctx.run.stage_dir(n) / "eval"
-        folder.mkdir(parents=True, exist_ok=True)
-        rows = [{"id": i, "quality": {"relevance": 0.7, "repetition": 0.0, "words": words + i % 3, "boilerplate": False,
-                                      "empty": False}} for i in range(30)]
-        (folder / "instruction_following.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    wide = {"score": 0.0, "low": -50.0, "high": 50.0, "n": 30}
-    diff, how = difference("length_words", (ctx.run, 1), (ctx.run, 0), (wide, wide))
-    assert how == "paired" and diff["score"] == pytest.approx(-10.0) and diff["high"] < 0
+    """The cpu profile leaves helpfulness out: its missing records must not make relevance unpaired."""
+    before = [0.5 + 0.01 * (i % 20) for i in range(40)]
+    write_relevance(ctx.run, 0, before, suites=("instruction_following",))
+    write_relevance(ctx.run, 1, [v - 0.01 for v in before], suites=("instruction_following",))
+    wide = {"score": 0.0, "low": -0.5, "high": 0.5, "n": 40}
+    diff, how = difference("relevance", (ctx.run, 1), (ctx.run, 0), (wide, wide))
+    assert how == "paired" and diff["score"] == pytest.approx(-0.01) and diff["high"] < 0
