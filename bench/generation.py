@@ -2,13 +2,12 @@
 
     python bench/generation.py [--requests 32] [--concurrency 16] [--max-tokens 128]
 
-One server (the embedded default model, served as the cpu profile says), one set of prompts (seed tasks of the
-curriculum). First the prompts go straight to `/v1/chat/completions` from a thread
-pool (the raw engine); then through `run_jobs` with the respond program, a fresh
-`dspy.LM` per request and a record appended per answer (our pipeline). Both use the
-same sampling settings and per-request seeds (so the same tokens), and the raw side
-runs before and after ours. Prints completion tokens/s of each and
-`generation_ratio=X` (ours / raw) last.
+One server (the embedded default model, served as the cpu profile says), one set of prompts (seed
+tasks of the curriculum). First the prompts go straight to `/v1/chat/completions` from a thread pool
+(the raw engine); then through `run_jobs` with the respond program, a fresh `dspy.LM` per request
+and a record appended per answer (our pipeline). Both use the same sampling settings and per-request
+seeds (so the same tokens), and the raw side runs before and after ours. Prints completion tokens/s
+of each and `generation_ratio=X` (ours / raw) last.
 """
 
 from __future__ import annotations
@@ -25,24 +24,36 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cai.config import load_curriculum  # noqa: E402
-from cai.lm import Endpoint, Job, program_call, request_seed, run_jobs  # noqa: E402
-from cai.model import EMBEDDED, resolve_model  # noqa: E402
-from cai.serve import BASE_NAME, ServeSettings, VLLMServer  # noqa: E402
-from cai.settings import Sampling  # noqa: E402
+from cai.config.curriculum import load_curriculum  # noqa: E402
+from cai.config.settings import Sampling  # noqa: E402
+from cai.serving.lm import Endpoint, Job, program_call, request_seed, run_jobs  # noqa: E402
+from cai.serving.model import EMBEDDED, resolve_model  # noqa: E402
+from cai.serving.server import BASE_NAME, ServeSettings, VLLMServer  # noqa: E402
 from cai.store import Records  # noqa: E402
 from programs.respond import Respond, Responder  # noqa: E402
 
 
-def raw(server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency: int, tag: str) -> tuple[int, float, float]:
+def raw(
+    server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency: int, tag: str
+) -> tuple[int, float, float]:
     system = Respond.instructions
 
     def one(i: int) -> int:
-        r = requests.post(server.api_base + "/chat/completions", headers=server.headers(), timeout=600, json={
-            "model": BASE_NAME, "temperature": sampling.temperature, "max_tokens": sampling.max_tokens,
-            "seed": request_seed(0, f"{tag}{i}"),
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": prompts[i]}],
-        })
+        r = requests.post(
+            server.api_base + "/chat/completions",
+            headers=server.headers(),
+            timeout=600,
+            json={
+                "model": BASE_NAME,
+                "temperature": sampling.temperature,
+                "max_tokens": sampling.max_tokens,
+                "seed": request_seed(0, f"{tag}{i}"),
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": prompts[i]},
+                ],
+            },
+        )
         r.raise_for_status()
         return r.json()["usage"]["completion_tokens"]
 
@@ -52,18 +63,28 @@ def raw(server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency:
     return tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
-def ours(server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency: int, tag: str) -> tuple[int, float, float]:
+def ours(
+    server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency: int, tag: str
+) -> tuple[int, float, float]:
     endpoint = Endpoint(server.api_base, server.api_key, BASE_NAME)
     jobs = [Job(f"{tag}{i}", {"request": p}) for i, p in enumerate(prompts)]
     with tempfile.TemporaryDirectory() as tmp:
         start, cpu = time.perf_counter(), time.process_time()
-        stats = run_jobs(jobs, program_call(Responder, "response", endpoint, sampling), Records(Path(tmp) / "r.jsonl"), concurrency, 0)
+        stats = run_jobs(
+            jobs,
+            program_call(Responder, "response", endpoint, sampling),
+            Records(Path(tmp) / "r.jsonl"),
+            concurrency,
+            0,
+        )
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return stats["completion_tokens"], seconds, cpu
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=128)
@@ -87,8 +108,13 @@ def main() -> None:
     print(f"requests={args.requests} concurrency={args.concurrency} max_tokens={args.max_tokens}")
     # The client's own CPU seconds: on a CPU-only machine they come out of the server's cores.
     for i, (t, s, cpu) in enumerate(raw_runs):
-        print(f"raw #{i + 1}: {t} tokens in {s:.1f}s = {t / s:.1f} tokens/s (client CPU {cpu:.1f} s)")
-    print(f"ours: {our_tokens} tokens in {our_s:.1f}s = {our_rate:.1f} tokens/s (client CPU {our_cpu:.1f} s)")
+        print(
+            f"raw #{i + 1}: {t} tokens in {s:.1f}s = {t / s:.1f} tokens/s (client CPU {cpu:.1f} s)"
+        )
+    print(
+        f"ours: {our_tokens} tokens in {our_s:.1f}s = {our_rate:.1f} tokens/s (client CPU "
+        f"{our_cpu:.1f} s)"
+    )
     print(f"generation_ratio={our_rate / raw_rate:.3f}")
 
 

@@ -28,7 +28,7 @@ prepare() {
         trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 bitsandbytes==0.50.2 peft==0.21.2 \
         pydantic==2.13.4 pydantic-core==2.46.4 annotated-types typing-inspection
     local model
-    model=$(python3 -c "from pathlib import Path; from cai.model import EMBEDDED, resolve_model; print(resolve_model(EMBEDDED, Path('models')))")
+    model=$(python3 -c "from pathlib import Path; from cai.serving.model import EMBEDDED, resolve_model; print(resolve_model(EMBEDDED, Path('models')))")
     cp "$model"/tokenizer.json "$model"/tokenizer_config.json "$model"/chat_template.jinja "$GPU_DIR/tokenizer/"
     cat "$run"/stage*/pairs.jsonl > "$GPU_DIR/run/stage1/pairs.jsonl"
     echo "$(wc -l < "$GPU_DIR/run/stage1/pairs.jsonl") pairs from $run; carry: $(du -sh "$GPU_DIR" | cut -f1)"
@@ -43,7 +43,7 @@ run() {
     python3 -c "import torch, transformers, trl, peft, bitsandbytes, datasets; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'bitsandbytes', bitsandbytes.__version__, 'datasets', datasets.__version__)" | tee -a "$out/device.txt"
     python3 bench/training.py --run "$GPU_DIR/run" --profile gpu --random-layers "${LAYERS:-16}" \
         --tokenizer "$GPU_DIR/tokenizer" --pairs "${PAIRS:-512}" 2>&1 | tee "$out/training.log"
-    # the same through `accelerate launch` on every GPU of the machine, as a stage trains (cai/train_process.py)
+    # the same through `accelerate launch` on every GPU of the machine, as a stage trains (cai/training/process.py)
     python3 bench/training.py --run "$GPU_DIR/run" --profile gpu --random-layers "${LAYERS:-16}" \
         --tokenizer "$GPU_DIR/tokenizer" --pairs "${PAIRS:-512}" --processes "$(nvidia-smi -L | wc -l)" 2>&1 | tee "$out/training-launch.log"
 }

@@ -2,7 +2,7 @@
 
     python bench/swap.py [--profile cpu] [--requests N]
 
-Both ways a stage's policy can be served without a restart (`serve.swap`, cai/serve.py):
+Both ways a stage's policy can be served without a restart (`serve.swap`, cai/serving/server.py):
 
 - `lora`: the server runs with `--enable-lora` and the adapter is hot-loaded
   (`/v1/load_lora_adapter`); requests name the adapter.
@@ -27,14 +27,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cai import constraints  # noqa: E402
-from cai.config import load_curriculum, resolve_stage  # noqa: E402
-from cai.lm import Endpoint, Job, program_call, run_jobs  # noqa: E402
-from cai.model import resolve_model  # noqa: E402
-from cai.serve import ServeSettings, VLLMServer  # noqa: E402
+from cai.config.curriculum import load_curriculum, resolve_stage  # noqa: E402
+from cai.data import constraints  # noqa: E402
+from cai.serving.lm import Endpoint, Job, program_call, run_jobs  # noqa: E402
+from cai.serving.model import resolve_model  # noqa: E402
+from cai.serving.server import ServeSettings, VLLMServer  # noqa: E402
+from cai.serving.swap import make_swap  # noqa: E402
 from cai.store import Records  # noqa: E402
-from cai.swap import make_swap  # noqa: E402
-from cai.train import init_adapter  # noqa: E402
+from cai.training.adapters import init_adapter  # noqa: E402
 from programs.respond import Responder  # noqa: E402
 
 
@@ -50,17 +50,28 @@ def stage_jobs(st, count: int | None) -> list[Job]:
     return jobs[:count] if count else jobs
 
 
-def generate(server: VLLMServer, served: str, name: str, jobs: list[Job], st, concurrency: int, folder: Path) -> tuple[float, int]:
-    """Seconds and completion tokens of `jobs` sent to `name` (served as `served`) through our pipeline (cai/lm.py)."""
+def generate(
+    server: VLLMServer, served: str, name: str, jobs: list[Job], st, concurrency: int, folder: Path
+) -> tuple[float, int]:
+    """Seconds and completion tokens of `jobs` sent to `name` (served as `served`) through our
+    pipeline (cai/serving/lm.py)."""
     endpoint = Endpoint(server.api_base, server.api_key, served, "plain", 600, label=name)
     start = time.perf_counter()
-    stats = run_jobs(jobs, program_call(Responder, "response", endpoint, st.generation.respond), Records(folder / f"{name}.jsonl"),
-                     concurrency, 0, progress=f"{server.settings.swap}: generation")
+    stats = run_jobs(
+        jobs,
+        program_call(Responder, "response", endpoint, st.generation.respond),
+        Records(folder / f"{name}.jsonl"),
+        concurrency,
+        0,
+        progress=f"{server.settings.swap}: generation",
+    )
     return time.perf_counter() - start, stats["completion_tokens"]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--profile", default="cpu")
     p.add_argument("--requests", type=int, help="send only the first N of the stage's requests")
     args = p.parse_args()
@@ -74,21 +85,39 @@ def main() -> None:
         tmp = Path(tmp)
         adapter = init_adapter(model, tmp / "adapter", st.train)
         for way in ("lora", "merged"):
-            settings = ServeSettings(model=model, max_lora_rank=st.train.lora_r, **{**profile.serve.model_dump(), "swap": way})
+            settings = ServeSettings(
+                model=model,
+                max_lora_rank=st.train.lora_r,
+                **{**profile.serve.model_dump(), "swap": way},
+            )
             with VLLMServer(settings, tmp / f"{way}.log", tmp / f"{way}.pid") as server:
                 start = time.perf_counter()
-                # lora: the load, its /v1/models check and a probe; merged: the merge, the reload, the prefix cache reset, a probe
+                # lora: the load, its /v1/models check and a probe; merged: the merge, the reload,
+                # the prefix cache reset, a probe
                 (strategy := make_swap(server, tmp / way)).make_servable("stage1", adapter)
                 swap = time.perf_counter() - start
-                seconds, tokens = generate(server, strategy.activate("stage1"), "stage1", jobs, st, profile.concurrency, tmp / way)
+                seconds, tokens = generate(
+                    server,
+                    strategy.activate("stage1"),
+                    "stage1",
+                    jobs,
+                    st,
+                    profile.concurrency,
+                    tmp / way,
+                )
             results[way] = (swap, seconds, tokens)
-            print(f"{way}: swap {swap:.2f} s; {len(jobs)} requests (the respond step of a stage of profile {args.profile}) "
-                  f"in {seconds:.1f} s, {tokens / seconds:.0f} tokens/s", flush=True)
+            print(
+                f"{way}: swap {swap:.2f} s; {len(jobs)} requests (the respond step of a stage of "
+                f"profile {args.profile}) in {seconds:.1f} s, {tokens / seconds:.0f} tokens/s",
+                flush=True,
+            )
     chosen = profile.serve.swap
     lora, merged = results["lora"], results["merged"]
-    print(f"stage-sized generation: runtime LoRA {lora[1]:.1f} s, merged {merged[1]:.1f} s: merged is "
-          f"{lora[1] / merged[1]:.2f}x as fast; swap {lora[0]:.2f} s against {merged[0]:.2f} s; profile {args.profile} "
-          f"serves `{chosen}`")
+    print(
+        f"stage-sized generation: runtime LoRA {lora[1]:.1f} s, merged {merged[1]:.1f} s: merged "
+        f"is {lora[1] / merged[1]:.2f}x as fast; swap {lora[0]:.2f} s against {merged[0]:.2f} s; "
+        f"profile {args.profile} serves `{chosen}`"
+    )
     print(f"swap_seconds={results[chosen][0]:.3f}")
 
 

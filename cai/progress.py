@@ -13,10 +13,18 @@ import sys
 import threading
 import time
 
-import requests
 from rich.console import Console
 from rich.errors import LiveError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+import requests
 
 
 def _clock(seconds: float) -> str:
@@ -27,7 +35,9 @@ def _clock(seconds: float) -> str:
 class StepProgress:
     """`with StepProgress("stage1 respond", total=400) as p: p.advance(tokens=57)`."""
 
-    def __init__(self, label: str, total: int, unit: str = "requests", done: int = 0, every_s: float = 30.0):
+    def __init__(
+        self, label: str, total: int, unit: str = "requests", done: int = 0, every_s: float = 30.0
+    ):
         self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
         self.done = self.start_done = done
         self.tokens = 0
@@ -38,15 +48,27 @@ class StepProgress:
     def __enter__(self) -> "StepProgress":
         self.start = self.last_line = time.monotonic()
         if self.live:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(self.unit),
-                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                                console=self.console, transient=False)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn(self.unit),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
             try:
                 self.bar.start()
-            except LiveError:  # another step's bar is live (optimize runs programs side by side): plain lines
+            # another step's bar is live (optimize runs programs side by side): plain lines
+            except LiveError:
                 self.live = False
                 return self
-            self.task = self.bar.add_task(self.label, total=self.total, completed=self.done, rate="")
+            self.task = self.bar.add_task(
+                self.label, total=self.total, completed=self.done, rate=""
+            )
         return self
 
     def advance(self, n: int = 1, tokens: int = 0) -> None:
@@ -68,8 +90,11 @@ class StepProgress:
         elapsed = time.monotonic() - self.start
         new = self.done - self.start_done
         left = (self.total - self.done) * elapsed / new if new else None
-        return (f"{self.label}: {self.done}/{self.total} {self.unit}, {self.rate():.0f} tokens/s, {_clock(elapsed)} elapsed"
-                + (f", ~{_clock(left)} left" if left is not None and self.done < self.total else ""))
+        return (
+            f"{self.label}: {self.done}/{self.total} {self.unit}, {self.rate():.0f} tokens/s, "
+            f"{_clock(elapsed)} elapsed"
+            + (f", ~{_clock(left)} left" if left is not None and self.done < self.total else "")
+        )
 
     def _show(self) -> None:
         if self.live:
@@ -85,11 +110,14 @@ class StepProgress:
             print(self.line(), file=sys.stderr, flush=True)
 
 
-_COUNTER = re.compile(r"^(vllm:generation_tokens_total|vllm:request_success_total)(?:\{[^}]*\})?\s+([0-9.e+]+)$", re.M)
+_COUNTER = re.compile(
+    r"^(vllm:generation_tokens_total|vllm:request_success_total)(?:\{[^}]*\})?\s+([0-9.e+]+)$", re.M
+)
 
 
 def server_counters(base_url: str) -> tuple[int, int]:
-    """(requests finished, tokens generated) since the server started, from its Prometheus /metrics."""
+    """(requests finished, tokens generated) since the server started, from its Prometheus
+    /metrics."""
     text = requests.get(base_url + "/metrics", timeout=10).text
     totals = {"vllm:generation_tokens_total": 0.0, "vllm:request_success_total": 0.0}
     for name, value in _COUNTER.findall(text):

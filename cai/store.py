@@ -18,9 +18,29 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+# A stage's steps in the order they run (bootstrap.py's run_stage); `test` reads the final policy.
+STEPS = (
+    "optimize",
+    "propose",
+    "respond",
+    "contrast",
+    "critique",
+    "revise",
+    "judge",
+    "quality",
+    "guard",
+    "pairs",
+    "train",
+    "swap",
+    "evaluate",
+    "gate",
+    "test",
+)
+
 
 class StageError(RuntimeError):
-    """A step produced nothing to go on with, or a stage failed a gate that stops the run; the message names the step and why."""
+    """A step produced nothing to go on with, or a stage failed a gate that stops the run; the
+    message names the step and why."""
 
 
 class Records:
@@ -40,7 +60,8 @@ class Records:
         if len(good) != len(raw):  # a kill cut the last line: drop it
             with open(self.path, "r+b") as f:
                 f.truncate(len(good))
-        for line in good.decode().split("\n"):  # not splitlines(): answers may hold U+2028 or U+0085, which json.dumps leaves raw
+        # not splitlines(): answers may hold U+2028 or U+0085, which json.dumps leaves raw
+        for line in good.decode().split("\n"):
             if line.strip():
                 rec = json.loads(line)
                 self.by_id[rec["id"]] = rec
@@ -91,11 +112,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
     """For derived files (tasks, pairs) that are rebuilt whole from their inputs."""
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records), encoding="utf-8")
+        tmp.write_text(
+            "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records), encoding="utf-8"
+        )
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+    return [
+        json.loads(line)
+        for line in Path(path).read_text(encoding="utf-8").split("\n")
+        if line.strip()
+    ]
 
 
 BASE_NAME = "stage0"  # the base model, as a policy name
@@ -117,7 +144,9 @@ class Run:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
-        self.manifest: dict = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        self.manifest: dict = (
+            json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        )
 
     def stage_dir(self, n: int) -> Path:
         d = self.root / policy_name(n)
@@ -128,7 +157,8 @@ class Run:
         return Records(self.stage_dir(n) / f"{name}.jsonl")
 
     def read(self, n: int, name: str) -> list[dict]:
-        """Stage n's `name`.jsonl as a list; empty where the stage wrote none (or there is no such stage)."""
+        """Stage n's `name`.jsonl as a list; empty where the stage wrote none (or there is no such
+        stage)."""
         path = self.root / policy_name(n) / f"{name}.jsonl"
         return read_jsonl(path) if path.exists() else []
 
@@ -152,12 +182,14 @@ class Run:
 
     def mark_done(self, n: int, step: str, seconds: float, **stats) -> None:
         self.stage(n)["steps"][step] = {"status": "done", "seconds": round(seconds, 2), **stats}
-        if step in ("gate", "test") or (n == 0 and step == "evaluate"):  # the stage is finished (or tested after it): seal its files
+        # the stage is finished (or tested after it): seal its files
+        if step in ("gate", "test") or (n == 0 and step == "evaluate"):
             self.stage(n)["files"] = file_hashes(self.stage_dir(n))
         self.save()
 
     def verify(self) -> list[str]:
-        """What differs from the hashes sealed in the manifest: changed, missing or unrecorded files."""
+        """What differs from the hashes sealed in the manifest: changed, missing or unrecorded
+        files."""
         problems = []
         for key, stage in sorted(self.manifest.get("stages", {}).items()):
             if "files" not in stage:
@@ -167,8 +199,13 @@ class Run:
                 if rel not in now:
                     problems.append(f"{key}/{rel}: missing")
                 elif now[rel] != digest:
-                    problems.append(f"{key}/{rel}: changed (sha256 {now[rel][:12]}, sealed {digest[:12]})")
-            problems += [f"{key}/{rel}: not in the manifest" for rel in sorted(set(now) - set(stage["files"]))]
+                    problems.append(
+                        f"{key}/{rel}: changed (sha256 {now[rel][:12]}, sealed {digest[:12]})"
+                    )
+            problems += [
+                f"{key}/{rel}: not in the manifest"
+                for rel in sorted(set(now) - set(stage["files"]))
+            ]
         return problems
 
     def stage_done(self, n: int) -> bool:
@@ -193,10 +230,16 @@ def derive(original: Run, folder: Path, manifest: dict, stage: int, reuse: list[
     """
     folder.mkdir(parents=True)
     for m in range(0, stage):
-        (folder / policy_name(m)).symlink_to(os.path.relpath(original.stage_dir(m), folder), target_is_directory=True)
+        (folder / policy_name(m)).symlink_to(
+            os.path.relpath(original.stage_dir(m), folder), target_is_directory=True
+        )
     source = original.stage_dir(stage)
     for rel in reuse:
-        paths = sorted(p for p in (source / rel).rglob("*") if p.is_file()) if (source / rel).is_dir() else [source / rel]
+        paths = (
+            sorted(p for p in (source / rel).rglob("*") if p.is_file())
+            if (source / rel).is_dir()
+            else [source / rel]
+        )
         for src in (p for p in paths if p.exists()):
             dst = folder / policy_name(stage) / src.relative_to(source)
             dst.parent.mkdir(parents=True, exist_ok=True)

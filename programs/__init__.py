@@ -18,5 +18,13 @@ def version(make_program, label: str) -> str:
     """`label@sha`: the sha covers each predictor's instructions, fields and demos, so a
     record says which prompt produced it (an optimized program gets a new sha)."""
     program = make_program()
-    return f"{label}@" + sha({name: {"instructions": p.signature.instructions, "fields": list(p.signature.fields), **p.dump_state()}
-                               for name, p in program.named_predictors()})
+    return f"{label}@" + sha(
+        {
+            name: {
+                "instructions": p.signature.instructions,
+                "fields": list(p.signature.fields),
+                **p.dump_state(),
+            }
+            for name, p in program.named_predictors()
+        }
+    )

@@ -59,9 +59,15 @@ class PlainAdapter(dspy.Adapter):
             messages.append({"role": "system", "content": signature.instructions})
         for demo in demos:
             if all(k in demo for k in signature.fields):
-                messages.append({"role": "user", "content": self.user_content(signature, demo, chat_turn)})
-                messages.append({"role": "assistant", "content": str(demo[self.output_name(signature)])})
-        messages.append({"role": "user", "content": self.user_content(signature, inputs, chat_turn)})
+                messages.append(
+                    {"role": "user", "content": self.user_content(signature, demo, chat_turn)}
+                )
+                messages.append(
+                    {"role": "assistant", "content": str(demo[self.output_name(signature)])}
+                )
+        messages.append(
+            {"role": "user", "content": self.user_content(signature, inputs, chat_turn)}
+        )
         return messages
 
     def user_content(self, signature, values: dict, chat_turn: bool) -> str:
@@ -76,7 +82,10 @@ class PlainAdapter(dspy.Adapter):
     @staticmethod
     def output_name(signature) -> str:
         if len(signature.output_fields) != 1:
-            raise ValueError(f"PlainAdapter needs exactly one output field; {signature.__name__} has {list(signature.output_fields)}")
+            raise ValueError(
+                f"PlainAdapter needs exactly one output field; {signature.__name__} has "
+                f"{list(signature.output_fields)}"
+            )
         (name,) = signature.output_fields
         return name
 
@@ -93,7 +102,9 @@ class PlainAdapter(dspy.Adapter):
         if choices:
             choice = first_choice(text, choices)
             if choice is None:
-                raise AdapterParseError(type(self).__name__, signature, completion, "no allowed value in the reply")
+                raise AdapterParseError(
+                    type(self).__name__, signature, completion, "no allowed value in the reply"
+                )
             return {name: choice}
         return {name: text}
 

@@ -18,13 +18,23 @@ class AnswerUnder(dspy.Signature):
 
 
 class Contrast(dspy.Module):
-    def __init__(self, positive: str = "Answer the user's request as asked.", negative: str = "Answer the user's request badly.",
-                 positive_demos: list[tuple[str, str]] = (), negative_demos: list[tuple[str, str]] = ()):
+    def __init__(
+        self,
+        positive: str = "Answer the user's request as asked.",
+        negative: str = "Answer the user's request badly.",
+        positive_demos: list[tuple[str, str]] = (),
+        negative_demos: list[tuple[str, str]] = (),
+    ):
         super().__init__()
         self.positive = dspy.Predict(AnswerUnder.with_instructions(positive))
         self.negative = dspy.Predict(AnswerUnder.with_instructions(negative))
         for side, demos in ((self.positive, positive_demos), (self.negative, negative_demos)):
-            side.demos = [dspy.Example(request=request, response=response) for request, response in demos]
+            side.demos = [
+                dspy.Example(request=request, response=response) for request, response in demos
+            ]
 
     def forward(self, request: str) -> dspy.Prediction:
-        return dspy.Prediction(positive=self.positive(request=request).response, negative=self.negative(request=request).response)
+        return dspy.Prediction(
+            positive=self.positive(request=request).response,
+            negative=self.negative(request=request).response,
+        )

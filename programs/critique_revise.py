@@ -15,7 +15,13 @@ class CritiqueAndRevise(dspy.Module):
         self.critic = Critic()
         self.reviser = Reviser()
 
-    def forward(self, request: str, response: str, critique_request: str, revision_request: str) -> dspy.Prediction:
-        critique = self.critic(request=request, response=response, critique_request=critique_request).critique
-        revision = self.reviser(request=request, response=response, critique=critique, revision_request=revision_request).revision
+    def forward(
+        self, request: str, response: str, critique_request: str, revision_request: str
+    ) -> dspy.Prediction:
+        critique = self.critic(
+            request=request, response=response, critique_request=critique_request
+        ).critique
+        revision = self.reviser(
+            request=request, response=response, critique=critique, revision_request=revision_request
+        ).revision
         return dspy.Prediction(critique=critique, revision=revision)

@@ -27,23 +27,32 @@ class Judge(dspy.Module):
         super().__init__()
         self.compare = dspy.Predict(CompareResponses)
 
-    def forward(self, request: str, principle: str, response_a: str, response_b: str) -> dspy.Prediction:
-        return self.compare(request=request, principle=principle, response_a=response_a, response_b=response_b)
+    def forward(
+        self, request: str, principle: str, response_a: str, response_b: str
+    ) -> dspy.Prediction:
+        return self.compare(
+            request=request, principle=principle, response_a=response_a, response_b=response_b
+        )
 
 
 def both_orders(common: dict, first: str, second: str) -> dict[str, dict]:
     """The judge's inputs with `first` as A (`ab`) and as B (`ba`). Asked both ways, a judge that
     names a position rather than an answer agrees with itself only by chance."""
-    return {"ab": {**common, "response_a": first, "response_b": second},
-            "ba": {**common, "response_a": second, "response_b": first}}
+    return {
+        "ab": {**common, "response_a": first, "response_b": second},
+        "ba": {**common, "response_a": second, "response_b": first},
+    }
 
 
 def asker(lm, adapter):
-    """`ask(**inputs)`: the judge's verdict ("A" or "B") under `lm`, or None where it does not parse."""
+    """`ask(**inputs)`: the judge's verdict ("A" or "B") under `lm`, or None where it does not
+    parse."""
+
     def ask(**inputs) -> str | None:
         with dspy.context(lm=lm, adapter=adapter):
             try:
                 return Judge()(**inputs).better
             except Exception:  # an unparseable verdict is no preference
                 return None
+
     return ask

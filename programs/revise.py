@@ -21,5 +21,9 @@ class Reviser(dspy.Module):
         super().__init__()
         self.revise = dspy.Predict(ReviseResponse)
 
-    def forward(self, request: str, response: str, critique: str, revision_request: str) -> dspy.Prediction:
-        return self.revise(request=request, response=response, critique=critique, revision_request=revision_request)
+    def forward(
+        self, request: str, response: str, critique: str, revision_request: str
+    ) -> dspy.Prediction:
+        return self.revise(
+            request=request, response=response, critique=critique, revision_request=revision_request
+        )

@@ -3,8 +3,8 @@
 The logic lives in `cai/`; this file is the glue lm-eval loads from the YAML's folder.
 """
 
-from cai.constraints import score_ifeval
-from cai.refusal import is_refusal
+from cai.data.constraints import score_ifeval
+from cai.data.refusal import is_refusal
 
 
 def instruction_following(doc, results):

@@ -11,22 +11,34 @@ import pytest  # noqa: E402
 
 
 def scripted_context(run, constitution, **settings):
-    """A Context for step functions whose LM a test scripts: nothing listens where the server would be,
-    and each policy is asked under its own name (runtime LoRA)."""
+    """A Context for step functions whose LM a test scripts: nothing listens where the server would
+    be, and each policy is asked under its own name (runtime LoRA)."""
     from types import SimpleNamespace
 
     import bootstrap
-    from cai.serve import ServeSettings
-    from cai.swap import LoraSwap
+    from cai.serving.server import ServeSettings
+    from cai.serving.swap import LoraSwap
 
-    server = SimpleNamespace(api_base="http://unused", base_url="http://unused", api_key="k", settings=ServeSettings(model="model"))
+    server = SimpleNamespace(
+        api_base="http://unused",
+        base_url="http://unused",
+        api_key="k",
+        settings=ServeSettings(model="model"),
+    )
     defaults = dict(model="model", adapter="plain", concurrency=4, timeout_s=30, seed=0)
-    return bootstrap.Context(run=run, server=server, swap=LoraSwap(server), constitution=constitution, **{**defaults, **settings})
+    return bootstrap.Context(
+        run=run,
+        server=server,
+        swap=LoraSwap(server),
+        constitution=constitution,
+        **{**defaults, **settings},
+    )
 
 
 class ScriptedHTTP:
     """The plumbing of a scripted HTTP server standing in for vLLM's endpoints (tests/test_sleep.py,
-    tests/test_swap.py): subclasses answer; `serving(handler, settings, tmp)` runs one for a VLLMServer."""
+    tests/test_swap.py): subclasses answer; `serving(handler, settings, tmp)` runs one for a
+    VLLMServer."""
 
     def _answer(self, body: dict, status: int = 200):
         import json
@@ -43,11 +55,12 @@ class ScriptedHTTP:
 
 
 def scripted_vllm(handler, settings, tmp_path):
-    """A VLLMServer whose port is `handler`'s scripted server, running until the generator is closed."""
+    """A VLLMServer whose port is `handler`'s scripted server, running until the generator is
+    closed."""
     import threading
     from http.server import ThreadingHTTPServer
 
-    from cai.serve import VLLMServer
+    from cai.serving.server import VLLMServer
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -62,7 +75,7 @@ def scripted_vllm(handler, settings, tmp_path):
 @pytest.fixture
 def ctx(tmp_path):
     """A Context for step functions: a fresh run folder, no server (tests script the LM)."""
-    from cai.constitution import load_constitution
+    from cai.config.constitution import load_constitution
     from cai.store import Run
 
     con, _ = load_constitution(ROOT / "constitution.yaml")

@@ -4,20 +4,37 @@ import pytest
 import yaml
 from dspy.utils.dummies import DummyLM
 
-from cai import ROOT, contrast
-from cai.constitution import Constitution, Principle, load_constitution
-from cai.pairs import build_pairs
-from cai.settings import ConfigError, PairFilters
+from cai import ROOT
+from cai.config.constitution import Constitution, Principle, load_constitution
+from cai.config.settings import ConfigError, PairFilters
+from cai.data import contrast
+from cai.data.pairs import build_pairs
 
 
 def principle(signal, requests="tasks", **check):
-    return Principle(id=f"p-{signal}", category="helpful", stages=[1], critique="Find the fault here.", revision="Fix the fault now.",
-                     contrast={"requests": requests, "positive": "Do it the principle's way.", "negative": "Do it the other way."},
-                     check={"signal": signal, **check})
+    return Principle(
+        id=f"p-{signal}",
+        category="helpful",
+        stages=[1],
+        critique="Find the fault here.",
+        revision="Fix the fault now.",
+        contrast={
+            "requests": requests,
+            "positive": "Do it the principle's way.",
+            "negative": "Do it the other way.",
+        },
+        check={"signal": signal, **check},
+    )
 
 
 def signals(words=20, relevance=0.6, repetition=0.0, boilerplate=False):
-    return {"relevance": relevance, "repetition": repetition, "words": words, "boilerplate": boilerplate, "empty": False}
+    return {
+        "relevance": relevance,
+        "repetition": repetition,
+        "words": words,
+        "boilerplate": boilerplate,
+        "empty": False,
+    }
 
 
 def test_a_contrast_needs_a_check_that_fits_its_requests(tmp_path):
@@ -34,97 +51,280 @@ def test_a_contrast_needs_a_check_that_fits_its_requests(tmp_path):
     assert principle("words", at_most=40).check.at_most == 40
 
 
-@pytest.mark.parametrize("signal, requests, positive, negative, q_pos, q_neg, separated", [
-    ("refusal", "harmful", "I'm sorry, but I can't help with that.", "Sure: first you ...", None, None, True),
-    ("refusal", "harmful", "I can't help: it is illegal and you should not do it.", "Sure.", None, None, False),  # a lecture
-    ("refusal", "harmful", "I'm sorry, I can't.", "I'm sorry, but I cannot help.", None, None, False),  # both refuse
-    ("compliance", "benign", "Press Ctrl+C to stop it.", "I'm sorry, but I can't help with that.", None, None, True),
-    ("words", "tasks", "short", "long", signals(words=30), signals(words=90), True),
-    ("words", "tasks", "short", "long", signals(words=50), signals(words=90), False),  # over at_most
-    ("relevance", "tasks", "on", "off", signals(relevance=0.7), signals(relevance=0.5), True),
-    ("relevance", "tasks", "on", "off", signals(relevance=0.55), signals(relevance=0.5), False),  # under the margin
-])
-def test_the_check_separates_the_two_sides_in_the_principles_direction(signal, requests, positive, negative, q_pos, q_neg, separated):
-    check = {"at_most": 40} if signal == "words" else {"margin": 0.1} if signal == "relevance" else {}
+@pytest.mark.parametrize(
+    "signal, requests, positive, negative, q_pos, q_neg, separated",
+    [
+        (
+            "refusal",
+            "harmful",
+            "I'm sorry, but I can't help with that.",
+            "Sure: first you ...",
+            None,
+            None,
+            True,
+        ),
+        # a lecture
+        (
+            "refusal",
+            "harmful",
+            "I can't help: it is illegal and you should not do it.",
+            "Sure.",
+            None,
+            None,
+            False,
+        ),
+        # both refuse
+        (
+            "refusal",
+            "harmful",
+            "I'm sorry, I can't.",
+            "I'm sorry, but I cannot help.",
+            None,
+            None,
+            False,
+        ),
+        (
+            "compliance",
+            "benign",
+            "Press Ctrl+C to stop it.",
+            "I'm sorry, but I can't help with that.",
+            None,
+            None,
+            True,
+        ),
+        ("words", "tasks", "short", "long", signals(words=30), signals(words=90), True),
+        # over at_most
+        ("words", "tasks", "short", "long", signals(words=50), signals(words=90), False),
+        ("relevance", "tasks", "on", "off", signals(relevance=0.7), signals(relevance=0.5), True),
+        # under the margin
+        ("relevance", "tasks", "on", "off", signals(relevance=0.55), signals(relevance=0.5), False),
+    ],
+)
+def test_the_check_separates_the_two_sides_in_the_principles_direction(
+    signal, requests, positive, negative, q_pos, q_neg, separated
+):
+    check = (
+        {"at_most": 40} if signal == "words" else {"margin": 0.1} if signal == "relevance" else {}
+    )
     p = principle(signal, requests, **check)
-    record = {"positive": positive, "negative": negative, "request": "A request.", "constraint": None}
+    record = {
+        "positive": positive,
+        "negative": negative,
+        "request": "A request.",
+        "constraint": None,
+    }
     assert contrast.separates(p, record, q_pos, q_neg)[0] is separated
 
 
 def test_each_principle_answers_its_own_requests_and_says_why_not_where_it_cannot():
     con, _ = load_constitution(ROOT / "constitution.yaml")
-    tasks = [{"id": f"s1-seed{i:02d}", "request": f"Task {i}.", "prompt": f"Task {i}. Use no commas.", "constraint": None} for i in range(10)]
-    jobs, why_not = contrast.contrast_jobs(0, 2, tasks, con.for_stage(2), 3, judge_trusted=False, prompt_of=lambda r: [{"role": "user", "content": r}])
+    tasks = [
+        {
+            "id": f"s1-seed{i:02d}",
+            "request": f"Task {i}.",
+            "prompt": f"Task {i}. Use no commas.",
+            "constraint": None,
+        }
+        for i in range(10)
+    ]
+    jobs, why_not = contrast.contrast_jobs(
+        0,
+        2,
+        tasks,
+        con.for_stage(2),
+        3,
+        judge_trusted=False,
+        prompt_of=lambda r: [{"role": "user", "content": r}],
+    )
     by = {}
     for job in jobs:
         by.setdefault(job.meta["principle_id"], []).append(job)
-    on_tasks = [p.id for p in con.for_stage(2) if p.contrast and p.contrast.requests == "tasks" and p.check.signal != "judge"]
-    assert all(len(by[pid]) == 3 for pid in on_tasks) and len({j.meta["request_id"] for pid in on_tasks for j in by[pid]}) == 3 * len(on_tasks)
-    assert [j.meta["requests"] for j in by["avoid-harm"]] == ["harmful"] * 3 and by["refuse-without-preaching"][0].meta["requests"] == "benign"
+    on_tasks = [
+        p.id
+        for p in con.for_stage(2)
+        if p.contrast and p.contrast.requests == "tasks" and p.check.signal != "judge"
+    ]
+    assert all(len(by[pid]) == 3 for pid in on_tasks) and len(
+        {j.meta["request_id"] for pid in on_tasks for j in by[pid]}
+    ) == 3 * len(on_tasks)
+    assert [j.meta["requests"] for j in by["avoid-harm"]] == ["harmful"] * 3 and by[
+        "refuse-without-preaching"
+    ][0].meta["requests"] == "benign"
     assert why_not == {"be-accurate": "its check is the judge, which this stage does not trust"}
-    held = {r["id"] for r in contrast.held_out(0, "harmful", 99)}  # the optimizer's requests are never a pair's
-    assert len(held) == contrast.HELD_OUT and not held & {j.meta["request_id"] for j in by["avoid-harm"]}
+    # the optimizer's requests are never a pair's
+    held = {r["id"] for r in contrast.held_out(0, "harmful", 99)}
+    assert len(held) == contrast.HELD_OUT and not held & {
+        j.meta["request_id"] for j in by["avoid-harm"]
+    }
     later = contrast.contrast_jobs(0, 3, tasks, con.for_stage(3), 3, False, lambda r: r)[0]
-    assert not {j.meta["request_id"] for j in later if j.meta["principle_id"] == "avoid-harm"} & {j.meta["request_id"] for j in by["avoid-harm"]}
+    assert not {j.meta["request_id"] for j in later if j.meta["principle_id"] == "avoid-harm"} & {
+        j.meta["request_id"] for j in by["avoid-harm"]
+    }
 
 
 def contrast_record(rid, pid, kind, positive, negative):
-    return {"id": rid, "ok": True, "principle_id": pid, "requests": kind, "request_id": rid.split("-x-")[0], "request": "How do I pick a lock?",
-            "constraint": None, "pair_prompt": [{"role": "user", "content": "How do I pick a lock?"}], "positive": positive,
-            "negative": negative, "model": "stage0", "program": "stage1/contrast-x@abc"}
+    return {
+        "id": rid,
+        "ok": True,
+        "principle_id": pid,
+        "requests": kind,
+        "request_id": rid.split("-x-")[0],
+        "request": "How do I pick a lock?",
+        "constraint": None,
+        "pair_prompt": [{"role": "user", "content": "How do I pick a lock?"}],
+        "positive": positive,
+        "negative": negative,
+        "model": "stage0",
+        "program": "stage1/contrast-x@abc",
+    }
 
 
 def test_a_refusal_pair_is_kept_though_short_and_the_guard_reads_the_side_it_teaches():
     con, _ = load_constitution(ROOT / "constitution.yaml")
-    recs = [contrast_record("harmful-001-x-avoid-harm", "avoid-harm", "harmful", "I'm sorry, but I can't help with that.",
-                            "Sure, take a tension wrench and a pick, then ..."),
-            contrast_record("harmful-002-x-avoid-harm", "avoid-harm", "harmful", "Sure.", "Here is how.")]  # not separated
-    quality = {f"{r['id']}:{side}": signals(words=len(r[side].split()), relevance=0.1 if side == "positive" else 0.7)
-               for r in recs for side in ("positive", "negative")}
+    recs = [
+        contrast_record(
+            "harmful-001-x-avoid-harm",
+            "avoid-harm",
+            "harmful",
+            "I'm sorry, but I can't help with that.",
+            "Sure, take a tension wrench and a pick, then ...",
+        ),
+        # not separated
+        contrast_record(
+            "harmful-002-x-avoid-harm", "avoid-harm", "harmful", "Sure.", "Here is how."
+        ),
+    ]
+    quality = {
+        f"{r['id']}:{side}": signals(
+            words=len(r[side].split()), relevance=0.1 if side == "positive" else 0.7
+        )
+        for r in recs
+        for side in ("positive", "negative")
+    }
     unsafe = {"safe": False, "categories": ["S2"], "parsed": True}
     safe = {"safe": True, "categories": [], "parsed": True}
-    guard = [{"target": "harmful-001", "verdict": unsafe}, {"target": "harmful-001-x-avoid-harm:positive", "verdict": safe},
-             {"target": "harmful-001-x-avoid-harm:negative", "verdict": unsafe}]
-    pairs, counts, dropped = build_pairs(1, [], [], [], [], [], guard, "self", quality=quality, filters=PairFilters(), contrasts=recs,
-                                         principles={p.id: p for p in con.principles})
+    guard = [
+        {"target": "harmful-001", "verdict": unsafe},
+        {"target": "harmful-001-x-avoid-harm:positive", "verdict": safe},
+        {"target": "harmful-001-x-avoid-harm:negative", "verdict": unsafe},
+    ]
+    pairs, counts, dropped = build_pairs(
+        1,
+        [],
+        [],
+        [],
+        [],
+        [],
+        guard,
+        "self",
+        quality=quality,
+        filters=PairFilters(),
+        contrasts=recs,
+        principles={p.id: p for p in con.principles},
+    )
     assert [p["id"] for p in pairs] == ["harmful-001-x-avoid-harm-pair"] and not dropped
     p = pairs[0]
-    assert p["prompt"] == recs[0]["pair_prompt"] and p["chosen"][0]["content"].startswith("I'm sorry")  # the bare request: engraving
-    assert p["provenance"]["source"] == "contrast" and p["provenance"]["principle_id"] == "avoid-harm" and p["provenance"]["decided_by"] == "refusal"
-    assert p["provenance"]["contrast"]["chosen"]["good_refusal"] and not p["provenance"]["contrast"]["rejected"]["refuses"]
-    assert counts["contrast_avoid-harm_not_separated"] == 1 and counts["contrast_avoid-harm_kept"] == 1
+    # the bare request: engraving
+    assert p["prompt"] == recs[0]["pair_prompt"] and p["chosen"][0]["content"].startswith(
+        "I'm sorry"
+    )
+    assert (
+        p["provenance"]["source"] == "contrast"
+        and p["provenance"]["principle_id"] == "avoid-harm"
+        and p["provenance"]["decided_by"] == "refusal"
+    )
+    assert (
+        p["provenance"]["contrast"]["chosen"]["good_refusal"]
+        and not p["provenance"]["contrast"]["rejected"]["refuses"]
+    )
+    assert (
+        counts["contrast_avoid-harm_not_separated"] == 1 and counts["contrast_avoid-harm_kept"] == 1
+    )
     guard[1]["verdict"] = unsafe  # the refusal itself flagged: never trained on
-    assert build_pairs(1, [], [], [], [], [], guard, "self", quality=quality, filters=PairFilters(), contrasts=recs,
-                       principles={p.id: p for p in con.principles})[0] == []
+    assert (
+        build_pairs(
+            1,
+            [],
+            [],
+            [],
+            [],
+            [],
+            guard,
+            "self",
+            quality=quality,
+            filters=PairFilters(),
+            contrasts=recs,
+            principles={p.id: p for p in con.principles},
+        )[0]
+        == []
+    )
 
 
 def test_the_contrast_step_answers_both_sides_under_each_principles_instructions(ctx, monkeypatch):
-    import bootstrap
-    from cai.lm import Endpoint
-    from programs.adapter import PlainAdapter
     from test_steps import stage
+
+    import bootstrap
+    from cai.serving.lm import Endpoint
+    from programs.adapter import PlainAdapter
 
     seen = []
 
     class Scripted(DummyLM):
         def forward(self, prompt=None, messages=None, **kwargs):
             seen.append(messages)
-            self.answers = {"": {"out": "I'm sorry, but I can't help with that." if "sorry" in messages[0]["content"] else "Sure."}}
+            self.answers = {
+                "": {
+                    "out": "I'm sorry, but I can't help with that."
+                    if "sorry" in messages[0]["content"]
+                    else "Sure."
+                }
+            }
             return super().forward(prompt=prompt, messages=messages, **kwargs)
 
-    monkeypatch.setattr(Endpoint, "lm", lambda self, sampling, seed: Scripted({"": {"out": "x"}}, adapter=PlainAdapter()))
-    ctx.constitution = Constitution(principles=[p for p in ctx.constitution.principles if p.id in ("avoid-harm", "stay-on-topic")])
-    tasks = [{"id": "s1-seed00", "request": "Name fruits.", "prompt": "Name fruits. Use no commas.", "constraint": None}]
+    monkeypatch.setattr(
+        Endpoint,
+        "lm",
+        lambda self, sampling, seed: Scripted({"": {"out": "x"}}, adapter=PlainAdapter()),
+    )
+    ctx.constitution = Constitution(
+        principles=[
+            p for p in ctx.constitution.principles if p.id in ("avoid-harm", "stay-on-topic")
+        ]
+    )
+    tasks = [
+        {
+            "id": "s1-seed00",
+            "request": "Name fruits.",
+            "prompt": "Name fruits. Use no commas.",
+            "constraint": None,
+        }
+    ]
     stats = bootstrap.contrast(ctx, stage(1, contrasts=2), "stage0", tasks)
     records = {r["id"]: r for r in ctx.run.records(1, "contrasts")}
     assert stats["requested"] == 3 and len(records) == 3  # two harmful requests, one task
     harm = next(r for r in records.values() if r["principle_id"] == "avoid-harm")
-    assert harm["positive"].startswith("I'm sorry") and harm["negative"] == "Sure." and harm["program"].startswith("stage1/contrast-avoid-harm@")
-    assert harm["pair_prompt"][-1] == {"role": "user", "content": harm["request"]}  # the prompt as respond sends it, without the instruction
+    assert (
+        harm["positive"].startswith("I'm sorry")
+        and harm["negative"] == "Sure."
+        and harm["program"].startswith("stage1/contrast-avoid-harm@")
+    )
+    # the prompt as respond sends it, without the instruction
+    assert harm["pair_prompt"][-1] == {"role": "user", "content": harm["request"]}
     avoid = next(p for p in ctx.constitution.principles if p.id == "avoid-harm")
     sent = {m[0]["content"]: m for m in seen}
-    assert avoid.contrast.positive in sent and avoid.contrast.negative in sent  # each side's instruction is its system prompt
-    exemplars = [turn for e in avoid.contrast.examples for turn in ({"role": "user", "content": e.request}, {"role": "assistant", "content": e.positive})]
-    assert sent[avoid.contrast.positive][1:-1] == exemplars  # the positive side's exemplars as earlier turns, then the request
-    assert len(sent[avoid.contrast.negative]) == 2  # the negative side has none: instruction and request only
-    assert not any(e.request in str(harm["pair_prompt"]) for e in avoid.contrast.examples)  # the pair's prompt: the bare request alone
+    # each side's instruction is its system prompt
+    assert avoid.contrast.positive in sent and avoid.contrast.negative in sent
+    exemplars = [
+        turn
+        for e in avoid.contrast.examples
+        for turn in (
+            {"role": "user", "content": e.request},
+            {"role": "assistant", "content": e.positive},
+        )
+    ]
+    # the positive side's exemplars as earlier turns, then the request
+    assert sent[avoid.contrast.positive][1:-1] == exemplars
+    # the negative side has none: instruction and request only
+    assert len(sent[avoid.contrast.negative]) == 2
+    # the pair's prompt: the bare request alone
+    assert not any(e.request in str(harm["pair_prompt"]) for e in avoid.contrast.examples)

@@ -14,14 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from cai.store import read_jsonl
+from cai.store import STEPS, read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["optimize", "propose", "respond", "contrast", "critique", "revise", "judge", "quality", "guard", "pairs", "train", "swap", "evaluate", "gate"]
+STAGE_STEPS = STEPS[: STEPS.index("test")]  # the test step reads only the final policy
 
 
 def bootstrap(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "bootstrap.py"), *args], capture_output=True, text=True, timeout=1800)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bootstrap.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
 
 
 def alive(pid: int) -> bool:
@@ -29,7 +34,10 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    return (
+        Path(f"/proc/{pid}").exists()
+        and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+    )
 
 
 # Where the controller is killed (kill -9), one run after another, and where the server is.
@@ -37,14 +45,22 @@ CONTROLLER_KILLS = ("stage1 critique: done", "stage1 train: running", "stage2 ev
 SERVER_KILL = "stage2 respond: running"
 
 
-def run_and_kill(args: list[str], run: Path, err_path: Path, kill_at: str, server_kill_at: str | None = None) -> int:
+def run_and_kill(
+    args: list[str], run: Path, err_path: Path, kill_at: str, server_kill_at: str | None = None
+) -> int:
     """Start the run; SIGKILL the server's process group at `server_kill_at` (the run goes on)
     and the controller at `kill_at`. Returns the killed controller's server pid."""
     with open(err_path, "w") as err, open(err_path.with_suffix(".out"), "w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "bootstrap.py"), *args], stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bootstrap.py"), *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         for line in proc.stdout:
             out.write(line)
-            if server_kill_at and line.startswith(server_kill_at):  # once: the resumed step prints it again
+            # once: the resumed step prints it again
+            if server_kill_at and line.startswith(server_kill_at):
                 os.killpg(json.loads((run / "server.pid").read_text())["pid"], signal.SIGKILL)
                 server_kill_at = None
             if line.startswith(kill_at):
@@ -66,7 +82,13 @@ def two_stages(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     args = [*common, "--run", str(run)]
     for k, kill_at in enumerate(CONTROLLER_KILLS):
-        server_pid = run_and_kill(args, run, tmp / f"run{k}.err", kill_at, SERVER_KILL if kill_at.startswith("stage2 evaluate") else None)
+        server_pid = run_and_kill(
+            args,
+            run,
+            tmp / f"run{k}.err",
+            kill_at,
+            SERVER_KILL if kill_at.startswith("stage2 evaluate") else None,
+        )
         time.sleep(1)
         assert not alive(server_pid)  # the killed run's server did not outlive it
     result = bootstrap(*args)
@@ -80,13 +102,17 @@ def records(path: Path) -> dict:
 
 def test_killed_three_times_and_its_server_once_the_run_ends_as_the_uninterrupted_one(two_stages):
     run, _, reference = two_stages
-    assert "stage2: the server stopped answering" in (run.parent / "run2.out").read_text()  # and was restarted
+    # and was restarted
+    assert "stage2: the server stopped answering" in (run.parent / "run2.out").read_text()
     for n in (1, 2):
         ours = sorted(p.relative_to(run) for p in (run / f"stage{n}").rglob("*.jsonl"))
-        theirs = sorted(p.relative_to(reference) for p in (reference / f"stage{n}").rglob("*.jsonl"))
+        theirs = sorted(
+            p.relative_to(reference) for p in (reference / f"stage{n}").rglob("*.jsonl")
+        )
         assert ours == theirs
         for rel in ours:
-            assert records(run / rel) == records(reference / rel), rel  # same ids, same content: none lost, none doubled
+            # same ids, same content: none lost, none doubled
+            assert records(run / rel) == records(reference / rel), rel
 
 
 def test_every_step_of_both_stages_is_done(two_stages):
@@ -94,15 +120,27 @@ def test_every_step_of_both_stages_is_done(two_stages):
     manifest = json.loads((run / "manifest.json").read_text())
     for n in (1, 2):
         steps = manifest["stages"][f"stage{n}"]["steps"]
-        expected = STEPS + ["test"] * (n == 2)  # the final policy on the test set, beside the last stage run
-        assert [s for s in expected if steps.get(s, {}).get("status") == "done"] == expected and ("test" in steps) == (n == 2)
-        assert manifest["stages"][f"stage{n}"]["promoted"] is True  # the tiny run's gate asks nothing (4 items a suite)
+        # the final policy on the test set, beside the last stage run
+        expected = list(STEPS if n == 2 else STAGE_STEPS)
+        assert [s for s in expected if steps.get(s, {}).get("status") == "done"] == expected and (
+            "test" in steps
+        ) == (n == 2)
+        # the tiny run's gate asks nothing (4 items a suite)
+        assert manifest["stages"][f"stage{n}"]["promoted"] is True
         assert manifest["stages"][f"stage{n}"]["gate"]["against"] == f"stage{n - 1}"
     assert manifest["stages"]["stage0"]["steps"]["evaluate"]["status"] == "done"
-    for n in (0, 2):  # the test set at the base and at the final policy: IFEval and HarmBench, the tiny profile's 4 items each
+    # the test set at the base and at the final policy: IFEval and HarmBench, the tiny profile's 4
+    # items each
+    for n in (0, 2):
         test = json.loads((run / f"stage{n}" / "test.json").read_text())
-        assert test["set"] == "test" and test["ifeval_prompt_strict"]["n"] == 4 and test["harmbench_refusal"]["n"] == 4
-        assert set(test["caps"]) == {"ifeval", "harmbench"} and test["model"] == ("stage0" if n == 0 else "stage2")
+        assert (
+            test["set"] == "test"
+            and test["ifeval_prompt_strict"]["n"] == 4
+            and test["harmbench_refusal"]["n"] == 4
+        )
+        assert set(test["caps"]) == {"ifeval", "harmbench"} and test["model"] == (
+            "stage0" if n == 0 else "stage2"
+        )
     assert manifest["config"]["seed"] == 0 and "trl" in manifest["versions"]
 
 
@@ -110,20 +148,45 @@ def test_pairs_train_an_adapter_that_the_next_stage_uses(two_stages):
     run, _, _ = two_stages
     for n in (1, 2):
         pairs = read_jsonl(run / f"stage{n}" / "pairs.jsonl")
-        assert pairs and all(p["prompt"][-1]["role"] == "user" and p["chosen"][0]["role"] == "assistant" for p in pairs)
+        assert pairs and all(
+            p["prompt"][-1]["role"] == "user" and p["chosen"][0]["role"] == "assistant"
+            for p in pairs
+        )
         # the model's own guard saw every prompt and both sides of every pair that was kept
-        assert all(p["provenance"]["guard"]["mode"] == "self" and p["provenance"]["guard"]["chosen"]["safe"] for p in pairs)
+        assert all(
+            p["provenance"]["guard"]["mode"] == "self"
+            and p["provenance"]["guard"]["chosen"]["safe"]
+            for p in pairs
+        )
         assert (run / f"stage{n}" / "safety.jsonl").exists()
-        assert all(p["provenance"]["quality"]["chosen"] is not None for p in pairs)  # every side was measured
+        # every side was measured
+        assert all(p["provenance"]["quality"]["chosen"] is not None for p in pairs)
         assert (run / f"stage{n}" / "adapter" / "adapter_config.json").exists()
-        assert (run / f"stage{n}" / "programs" / "propose.json").exists() and "## critique" in (run / f"stage{n}" / "prompts.md").read_text()
+        assert (run / f"stage{n}" / "programs" / "propose.json").exists() and "## critique" in (
+            run / f"stage{n}" / "prompts.md"
+        ).read_text()
         scores = json.loads((run / f"stage{n}" / "eval.json").read_text())
-        for name in ("instruction_following", "harmlessness_refusal", "harmlessness_unsafe", "over_refusal"):
-            assert set(scores[name]) >= {"score", "low", "high", "n"} and scores[name]["n"] == 4, name
-        # the win rate, where the judge passed its position check; else why not (the 135M judge names "A" in both orders)
-        assert ("win_rate_vs_base" in scores and scores["win_rate_vs_base"]["n"] == 4) or \
-            scores["not_measured"]["win_rate_vs_base"].startswith("not measured: the judge has a position bias of")
-        assert scores["relevance"]["n"] == 8 and set(scores["off_topic"]) == {"score", "low", "high", "n"}  # IF + helpfulness answers
+        for name in (
+            "instruction_following",
+            "harmlessness_refusal",
+            "harmlessness_unsafe",
+            "over_refusal",
+        ):
+            assert set(scores[name]) >= {"score", "low", "high", "n"} and scores[name]["n"] == 4, (
+                name
+            )
+        # the win rate, where the judge passed its position check; else why not (the 135M judge
+        # names "A" in both orders)
+        assert ("win_rate_vs_base" in scores and scores["win_rate_vs_base"]["n"] == 4) or scores[
+            "not_measured"
+        ]["win_rate_vs_base"].startswith("not measured: the judge has a position bias of")
+        # IF + helpfulness answers
+        assert scores["relevance"]["n"] == 8 and set(scores["off_topic"]) == {
+            "score",
+            "low",
+            "high",
+            "n",
+        }
     # stage 2's requests went to the adapter that stage 1 trained and swapped in
     assert {r["model"] for r in read_jsonl(run / "stage2" / "responses.jsonl")} == {"stage1"}
     assert {r["model"] for r in read_jsonl(run / "stage1" / "responses.jsonl")} == {"stage0"}
@@ -138,8 +201,13 @@ def test_the_resumed_run_doubled_nothing(two_stages):
         ids = [r["id"] for r in read_jsonl(path)]
         assert len(ids) == len(set(ids)), path
     steps = json.loads((run / "manifest.json").read_text())["stages"]["stage1"]["steps"]
-    for step, name in {"respond": "responses", "critique": "critiques", "revise": "revisions"}.items():
-        assert len(read_jsonl(run / "stage1" / f"{name}.jsonl")) == steps[step]["requested"]  # each record once
+    for step, name in {
+        "respond": "responses",
+        "critique": "critiques",
+        "revise": "revisions",
+    }.items():
+        # each record once
+        assert len(read_jsonl(run / "stage1" / f"{name}.jsonl")) == steps[step]["requested"]
 
 
 def test_rerun_resumes_and_redoes_nothing(two_stages):
@@ -164,7 +232,8 @@ def test_the_report_is_written(two_stages):
     run, _, _ = two_stages
     report = (run / "report.md").read_text()
     assert "| 2 |" in report and "## The verdict" in report
-    for plot in ("dev.png", "test.png", "pairs.png"):  # the dev suites stage by stage, the test set at both ends, the pairs' sources
+    # the dev suites stage by stage, the test set at both ends, the pairs' sources
+    for plot in ("dev.png", "test.png", "pairs.png"):
         assert (run / "report" / plot).read_bytes()[:4] == b"\x89PNG", plot
 
 

@@ -4,12 +4,13 @@ resumes; bounded, and only when it is the server."""
 import pytest
 
 import bootstrap
-from cai.lm import RequestFailed
-from cai.swap import surviving_faults
+from cai.serving.lm import RequestFailed
+from cai.serving.swap import surviving_faults
 
 
 class FakeServer:
-    """A server that is healthy or not, and counts its restarts; its swap counts what it put back."""
+    """A server that is healthy or not, and counts its restarts; its swap counts what it put
+    back."""
 
     def __init__(self, healthy):
         self.is_healthy, self.restarts, self.reapplied = healthy, 0, 0
@@ -34,8 +35,11 @@ def failing(times):
     def run_stage(ctx, st, policy):
         calls.append(policy)
         if len(calls) <= times:
-            raise RequestFailed("stage2/respond s2-seed00-r0: APIConnectionError: Connection refused")
+            raise RequestFailed(
+                "stage2/respond s2-seed00-r0: APIConnectionError: Connection refused"
+            )
         return "stage2"
+
     return run_stage, calls
 
 
@@ -43,9 +47,12 @@ def test_a_dead_server_is_restarted_and_the_stage_resumes(monkeypatch):
     run_stage, calls = failing(2)
     monkeypatch.setattr(bootstrap, "run_stage", run_stage)
     server = FakeServer(healthy=False)
-    assert surviving(server, "stage2", lambda: bootstrap.run_stage(None, None, "stage1")) == "stage2"
+    assert (
+        surviving(server, "stage2", lambda: bootstrap.run_stage(None, None, "stage1")) == "stage2"
+    )
     assert server.restarts == 2 and calls == ["stage1"] * 3
-    assert server.reapplied == 2  # what the server had (its adapters, the weights in place) is put back after each restart
+    # what the server had (its adapters, the weights in place) is put back after each restart
+    assert server.reapplied == 2
 
 
 def test_restarts_are_bounded(monkeypatch):
@@ -76,6 +83,7 @@ def test_stage_zero_evaluation_survives_a_dead_server_too(monkeypatch):
         if len(calls) == 1:
             raise RequestFailed("guard harm-012-guard: APIConnectionError: Connection error.")
         return {"instruction_following": 0.4}
+
     server = FakeServer(healthy=False)
     assert surviving(server, "stage0", evaluate) == {"instruction_following": 0.4}
     assert server.restarts == 1 and len(calls) == 2

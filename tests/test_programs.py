@@ -14,17 +14,24 @@ from programs.respond import Respond, Responder
 
 def test_single_input_is_a_chat_turn():
     messages = PlainAdapter().format(Respond, [], {"request": "Name a planet."})
-    assert messages == [{"role": "system", "content": Respond.instructions},
-                        {"role": "user", "content": "Name a planet."}]
+    assert messages == [
+        {"role": "system", "content": Respond.instructions},
+        {"role": "user", "content": "Name a planet."},
+    ]
 
 
 def test_several_inputs_are_one_user_message_with_labels_and_demos_as_turns():
     demo = {"request": "r0", "response": "a0", "critique_request": "q0", "critique": "c0"}
-    messages = PlainAdapter().format(CritiqueResponse, [demo], {"request": "r1", "response": "a1", "critique_request": "q1"})
+    messages = PlainAdapter().format(
+        CritiqueResponse, [demo], {"request": "r1", "response": "a1", "critique_request": "q1"}
+    )
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
     assert messages[1]["content"] == "c0"
     assert messages[2]["content"].startswith(CritiqueResponse.instructions.strip())
-    assert "Request:\nr1" in messages[2]["content"] and "Critique request:\nq1" in messages[2]["content"]
+    assert (
+        "Request:\nr1" in messages[2]["content"]
+        and "Critique request:\nq1" in messages[2]["content"]
+    )
 
 
 def test_parse_takes_the_whole_reply_and_refuses_an_empty_one():
@@ -58,15 +65,18 @@ def test_program_saves_and_loads(tmp_path):
     assert loaded.write.demos[0]["request"] == "Write a haiku about tea."
 
 
-@pytest.mark.parametrize("reply, expected", [
-    ("Write a poem about autumn leaves.", "Write a poem about autumn leaves."),
-    ('4. "List three uses for a paperclip."\nSure! 1. ...', "List three uses for a paperclip."),
-    ("Request: Explain how tides work.", "Explain how tides work."),
-    ("ok", None),
-    ("", None),
-    ("2. 12.12.167.97-Mitty's virtual human character is always pizza villains", None),
-    ("Explain why 3 + 4 = 7 in simple words.", "Explain why 3 + 4 = 7 in simple words."),
-])
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ("Write a poem about autumn leaves.", "Write a poem about autumn leaves."),
+        ('4. "List three uses for a paperclip."\nSure! 1. ...', "List three uses for a paperclip."),
+        ("Request: Explain how tides work.", "Explain how tides work."),
+        ("ok", None),
+        ("", None),
+        ("2. 12.12.167.97-Mitty's virtual human character is always pizza villains", None),
+        ("Explain why 3 + 4 = 7 in simple words.", "Explain why 3 + 4 = 7 in simple words."),
+    ],
+)
 def test_clean_task(reply, expected):
     assert clean_task(reply) == expected
 

@@ -1,8 +1,9 @@
-"""Quality signals: the embedded embedding model, repetition, boilerplate; computed once per answer."""
+"""Quality signals: the embedded embedding model, repetition, boilerplate; computed once per
+answer."""
 
 import pytest
 
-from cai import quality
+from cai.data import quality
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +25,31 @@ def test_repetition_counts_repeated_phrases_and_lines():
     assert quality.repetition("- item\n- item\n- item\n- other") == 0.5
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Hello! I'm SmolLM, a helpful assistant.", True), ("As an AI, I think it depends.", True),
-    ("I am an AI language model trained to help.", True), ("Fractions are parts of a whole.", False),
-    ("I am a teacher, and I explain fractions with pizza.", False),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Hello! I'm SmolLM, a helpful assistant.", True),
+        ("As an AI, I think it depends.", True),
+        ("I am an AI language model trained to help.", True),
+        ("Fractions are parts of a whole.", False),
+        ("I am a teacher, and I explain fractions with pizza.", False),
+    ],
+)
 def test_boilerplate_is_the_model_introducing_itself(text, expected):
     assert quality.is_boilerplate(text) is expected
 
 
 def test_signals_and_their_summary(model):
-    found = quality.signals(["Name three fruits.", "Name three fruits."], ["Apples, pears and plums.", ""], model)
+    found = quality.signals(
+        ["Name three fruits.", "Name three fruits."], ["Apples, pears and plums.", ""], model
+    )
     assert set(found[0]) == {"relevance", "repetition", "words", "boilerplate", "empty"}
-    assert found[0]["words"] == 4 and not found[0]["empty"] and found[1]["empty"] and found[1]["relevance"] == 0.0
+    assert (
+        found[0]["words"] == 4
+        and not found[0]["empty"]
+        and found[1]["empty"]
+        and found[1]["relevance"] == 0.0
+    )
     summary = quality.summary(found)
     assert summary["answers"] == 2 and summary["off_topic"] == 1 and summary["boilerplate"] == 1
 

@@ -13,12 +13,13 @@ from conftest import scripted_context
 from dspy.utils.dummies import DummyLM
 
 import bootstrap
-from cai import ROOT, launch
-from cai.config import load_curriculum, resolve_stage
-from cai.constitution import load_constitution
-from cai.lm import Endpoint
-from cai.rerun import STEPS, first_step_reached, rerun_stage
-from cai.settings import ConfigError, PairFilters
+from cai import ROOT
+from cai.config.constitution import load_constitution
+from cai.config.curriculum import load_curriculum, resolve_stage
+from cai.config.settings import ConfigError, PairFilters
+from cai.run import launch
+from cai.run.rerun import STEPS, first_step_reached, rerun_stage
+from cai.serving.lm import Endpoint
 from cai.store import Run, write_json_atomic
 from programs.adapter import PlainAdapter
 
@@ -26,36 +27,77 @@ from programs.adapter import PlainAdapter
 def tree(root):
     """Every file under root (links followed) with its sha256."""
     files = [Path(d) / f for d, _, names in os.walk(root, followlinks=True) for f in names]
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)
+    }
 
 
 def rerun(run, stage, config, constitution=None, curriculum=None):
     con = constitution or load_constitution(ROOT / "constitution.yaml")[0]
     cur = curriculum or load_curriculum(ROOT / "curriculum.yaml")[0]
-    return rerun_stage(run, stage, con, cur, config["profile"], launch.new_manifest(run.root, config, {"constitution": con.model_dump()}))
+    return rerun_stage(
+        run,
+        stage,
+        con,
+        cur,
+        config["profile"],
+        launch.new_manifest(run.root, config, {"constitution": con.model_dump()}),
+    )
 
 
 def run_stages(run, constitution, stages, monkeypatch, filters=PairFilters(enabled=False)):
     """Stages through the real step functions on a scripted LM; training and serving stubbed."""
-    answers = {"Response A:\na fixed answer": "A", "Response B:\na fixed answer": "B",  # the judge prefers the revision
-               "Kind:": "Describe how a sailboat can move against the wind.", "Critique request": "It breaks the rule.",
-               "Revision request": "a fixed answer without any commas at all", "": "an answer, with commas"}
-    monkeypatch.setattr(Endpoint, "lm", lambda self, sampling, seed: DummyLM({k: {"out": v} for k, v in answers.items()}, adapter=PlainAdapter()))
+    # the judge prefers the revision
+    answers = {
+        "Response A:\na fixed answer": "A",
+        "Response B:\na fixed answer": "B",
+        "Kind:": "Describe how a sailboat can move against the wind.",
+        "Critique request": "It breaks the rule.",
+        "Revision request": "a fixed answer without any commas at all",
+        "": "an answer, with commas",
+    }
+    monkeypatch.setattr(
+        Endpoint,
+        "lm",
+        lambda self, sampling, seed: DummyLM(
+            {k: {"out": v} for k, v in answers.items()}, adapter=PlainAdapter()
+        ),
+    )
     monkeypatch.setattr(bootstrap, "train", lambda ctx, st, previous: {})
-    monkeypatch.setattr(bootstrap, "trusted_sources", lambda st, optimized: (["best_of_n", "revision", "judge"], {}))  # the scripted judge decides
+    # the scripted judge decides
+    monkeypatch.setattr(
+        bootstrap, "trusted_sources", lambda st, optimized: (["best_of_n", "revision", "judge"], {})
+    )
     monkeypatch.setattr(bootstrap, "swap", lambda ctx, st, policy: {})
-    monkeypatch.setattr(bootstrap, "evaluate", lambda ctx, st, n, served, reference: write_json_atomic(
-        ctx.run.stage_dir(st.number) / "eval.json", {"instruction_following": {"score": 0.5, "low": 0.3, "high": 0.7, "n": 20}}) or {})
+    monkeypatch.setattr(
+        bootstrap,
+        "evaluate",
+        lambda ctx, st, n, served, reference: (
+            write_json_atomic(
+                ctx.run.stage_dir(st.number) / "eval.json",
+                {"instruction_following": {"score": 0.5, "low": 0.3, "high": 0.7, "n": 20}},
+            )
+            or {}
+        ),
+    )
     ctx = scripted_context(run, constitution, model="m", concurrency=2)
     ctx.guard = ctx.guard.model_copy(update={"mode": "off"})
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     policy = "stage0"
     for n in stages:
         st = resolve_stage(cur, cur.profiles["cpu"], n)
-        st = st.model_copy(update={"counts": st.counts.model_copy(update={"proposed": 2, "seeds_used": 2}), "judge_margin": 0.0,
-                                   "train": st.train.model_copy(update={"min_pairs": 1}),
-                                   "pair_filters": filters,  # scripted answers are off topic by design: off unless asked
-                                   "optimize": st.optimize.model_copy(update={"trainset": 1, "devset": 1, "call_share": 1.0})})
+        st = st.model_copy(
+            update={
+                "counts": st.counts.model_copy(update={"proposed": 2, "seeds_used": 2}),
+                "judge_margin": 0.0,
+                "train": st.train.model_copy(update={"min_pairs": 1}),
+                # scripted answers are off topic by design: off unless asked
+                "pair_filters": filters,
+                "optimize": st.optimize.model_copy(
+                    update={"trainset": 1, "devset": 1, "call_share": 1.0}
+                ),
+            }
+        )
         policy = bootstrap.run_stage(ctx, st, policy)
 
 
@@ -64,16 +106,30 @@ def original(tmp_path, monkeypatch):
     con, con_sha = load_constitution(ROOT / "constitution.yaml")
     cur, cur_sha = load_curriculum(ROOT / "curriculum.yaml")
     run = Run(tmp_path / "orig")
-    config = {"constitution_sha256": con_sha, "curriculum_sha256": cur_sha, "profile": "cpu", "seed": 0, "model": "m"}
-    run.manifest = launch.new_manifest(run.root, config, {"constitution": con.model_dump(), "curriculum": cur.model_dump(exclude_unset=True)})
-    write_json_atomic(run.stage_dir(0) / "eval.json", {"instruction_following": {"score": 0.4, "low": 0.2, "high": 0.6, "n": 20}})
+    config = {
+        "constitution_sha256": con_sha,
+        "curriculum_sha256": cur_sha,
+        "profile": "cpu",
+        "seed": 0,
+        "model": "m",
+    }
+    run.manifest = launch.new_manifest(
+        run.root,
+        config,
+        {"constitution": con.model_dump(), "curriculum": cur.model_dump(exclude_unset=True)},
+    )
+    write_json_atomic(
+        run.stage_dir(0) / "eval.json",
+        {"instruction_following": {"score": 0.4, "low": 0.2, "high": 0.6, "n": 20}},
+    )
     run.mark_done(0, "evaluate", 1.0)
     run_stages(run, con, (1, 2), monkeypatch)
     return run, config
 
 
 def edited(tmp_path, name, edit):
-    """A copy of the project's `name` (constitution.yaml or curriculum.yaml) after `edit` of its data."""
+    """A copy of the project's `name` (constitution.yaml or curriculum.yaml) after `edit` of its
+    data."""
     data = yaml.safe_load((ROOT / name).read_text())
     edit(data)
     path = tmp_path / f"edited-{name}"
@@ -86,6 +142,7 @@ def new_constitution(tmp_path, stage):
         for p in data["principles"]:
             if stage in p["stages"]:
                 p["critique"] = "Say which words of the response a child would not understand."
+
     return load_constitution(edited(tmp_path, "constitution.yaml", edit))
 
 
@@ -93,7 +150,9 @@ def changed_curriculum(tmp_path, edit):
     return load_curriculum(edited(tmp_path, "curriculum.yaml", edit))
 
 
-def test_the_rerun_shares_upstream_recomputes_downstream_and_leaves_the_original_alone(original, tmp_path, monkeypatch):
+def test_the_rerun_shares_upstream_recomputes_downstream_and_leaves_the_original_alone(
+    original, tmp_path, monkeypatch
+):
     run, config = original
     before = tree(run.root)
     con, sha = new_constitution(tmp_path, 2)
@@ -101,84 +160,163 @@ def test_the_rerun_shares_upstream_recomputes_downstream_and_leaves_the_original
     assert folder.name == f"orig-stage2-constitution-{sha[:8]}"
     derived = Run(folder)
     assert derived.manifest["run"] == folder.name
-    assert derived.manifest["derived_from"]["constitution_sha256"] == config["constitution_sha256"] != sha
+    assert (
+        derived.manifest["derived_from"]["constitution_sha256"]
+        == config["constitution_sha256"]
+        != sha
+    )
     assert derived.manifest["derived_from"]["changed"] == ["constitution"]
-    assert derived.step_done(1, "gate") and derived.step_done(2, "respond") and not derived.step_done(2, "contrast")
+    assert (
+        derived.step_done(1, "gate")
+        and derived.step_done(2, "respond")
+        and not derived.step_done(2, "contrast")
+    )
     run_stages(derived, con, (2,), monkeypatch)
 
     after = tree(derived.root)
-    for shared in ("stage1/pairs.jsonl", "stage2/tasks.jsonl", "stage2/responses.jsonl", "stage2/programs/propose.json"):
+    for shared in (
+        "stage1/pairs.jsonl",
+        "stage2/tasks.jsonl",
+        "stage2/responses.jsonl",
+        "stage2/programs/propose.json",
+    ):
         assert after[shared] == before[shared], shared  # same bytes, by link
-    assert (derived.root / "stage2" / "tasks.jsonl").stat().st_ino == (run.root / "stage2" / "tasks.jsonl").stat().st_ino
+    assert (derived.root / "stage2" / "tasks.jsonl").stat().st_ino == (
+        run.root / "stage2" / "tasks.jsonl"
+    ).stat().st_ino
     assert after["stage2/critiques.jsonl"] != before["stage2/critiques.jsonl"]
-    critiques = [json.loads(line) for line in (derived.root / "stage2" / "critiques.jsonl").read_text().splitlines()]
+    critiques = [
+        json.loads(line)
+        for line in (derived.root / "stage2" / "critiques.jsonl").read_text().splitlines()
+    ]
     assert all("a child would not understand" in c["messages"][-1]["content"] for c in critiques)
-    from cai.report import write_report
+    from cai.run.report import write_report
 
     report = write_report(Run(derived.root)).read_text()  # side by side with the run it came from
-    assert "## Against `orig`" in report and "| instruction_following | 0.50 [0.30, 0.70] | 0.50 [0.30, 0.70] |" in report
+    assert (
+        "## Against `orig`" in report
+        and "| instruction_following | 0.50 [0.30, 0.70] | 0.50 [0.30, 0.70] |" in report
+    )
     assert tree(run.root) == before  # the original, byte for byte
 
 
 def test_a_constitution_that_changes_nothing_for_the_stage_reruns_nothing(original, tmp_path):
     run, config = original
-    con, sha = load_constitution(edited(tmp_path, "constitution.yaml", lambda d: d["principles"].append(
-        {"id": "only-for-stage-five", "category": "helpful", "stages": [5],
-         "critique": "Is the rewrite shorter than the text it rewrites?", "revision": "Make it shorter."})))
+    con, sha = load_constitution(
+        edited(
+            tmp_path,
+            "constitution.yaml",
+            lambda d: d["principles"].append(
+                {
+                    "id": "only-for-stage-five",
+                    "category": "helpful",
+                    "stages": [5],
+                    "critique": "Is the rewrite shorter than the text it rewrites?",
+                    "revision": "Make it shorter.",
+                }
+            ),
+        )
+    )
     assert sha != config["constitution_sha256"]
     assert rerun(run, 2, {**config, "constitution_sha256": sha}, constitution=con) is None
     assert not (run.root.parent / f"orig-stage2-constitution-{sha[:8]}").exists()
 
 
-def test_changed_pair_filters_rerun_the_stage_from_the_guard_on_the_same_samples(original, tmp_path, monkeypatch):
+def test_changed_pair_filters_rerun_the_stage_from_the_guard_on_the_same_samples(
+    original, tmp_path, monkeypatch
+):
     run, config = original
     before = tree(run.root)
-    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"]["cpu"].update(pair_filters={"enabled": False, "min_relevance": 0.9}))
+    cur, sha = changed_curriculum(
+        tmp_path,
+        lambda d: d["profiles"]["cpu"].update(
+            pair_filters={"enabled": False, "min_relevance": 0.9}
+        ),
+    )
     folder = rerun(run, 2, {**config, "curriculum_sha256": sha}, curriculum=cur)
     assert folder.name == f"orig-stage2-curriculum-{sha[:8]}"
     derived = Run(folder)
     origin = derived.manifest["derived_from"]
-    # the guard classifies the candidate pairs, which the filters decide: it is the first step reached
+    # the guard classifies the candidate pairs, which the filters decide: it is the first step
+    # reached
     assert origin["changed"] == ["curriculum: pair_filters"] and origin["first_step"] == "guard"
-    assert [k for k in STEPS if derived.step_done(2, k)] == ["optimize", "propose", "respond", "contrast", "critique", "revise",
-                                                                         "judge", "quality"]
-    for shared in ("stage2/responses.jsonl", "stage2/contrasts.jsonl", "stage2/revisions.jsonl", "stage2/quality.jsonl",
-                   "stage2/programs/propose.json", "stage2/programs/contrast-avoid-harm.json"):
+    assert [k for k in STEPS if derived.step_done(2, k)] == [
+        "optimize",
+        "propose",
+        "respond",
+        "contrast",
+        "critique",
+        "revise",
+        "judge",
+        "quality",
+    ]
+    for shared in (
+        "stage2/responses.jsonl",
+        "stage2/contrasts.jsonl",
+        "stage2/revisions.jsonl",
+        "stage2/quality.jsonl",
+        "stage2/programs/propose.json",
+        "stage2/programs/contrast-avoid-harm.json",
+    ):
         assert (derived.root / shared).stat().st_ino == (run.root / shared).stat().st_ino, shared
     assert not (derived.root / "stage2" / "pairs.jsonl").exists()
-    run_stages(derived, load_constitution(ROOT / "constitution.yaml")[0], (2,), monkeypatch, filters=PairFilters(min_relevance=0.9))
+    run_stages(
+        derived,
+        load_constitution(ROOT / "constitution.yaml")[0],
+        (2,),
+        monkeypatch,
+        filters=PairFilters(min_relevance=0.9),
+    )
     assert derived.step_done(2, "gate")
-    assert derived.stage(2)["steps"]["pairs"]["pairs"] < run.stage(2)["steps"]["pairs"]["pairs"]  # strict filters: fewer pairs
+    # strict filters: fewer pairs
+    assert derived.stage(2)["steps"]["pairs"]["pairs"] < run.stage(2)["steps"]["pairs"]["pairs"]
     assert tree(run.root) == before
 
 
 def test_a_changed_gate_shares_everything_up_to_the_gate(original, tmp_path):
     run, config = original
-    cur, sha = changed_curriculum(tmp_path, lambda d: d["stages"][1].update(gate={"max_drop": {"instruction_following": 0.5}}))
+    cur, sha = changed_curriculum(
+        tmp_path, lambda d: d["stages"][1].update(gate={"max_drop": {"instruction_following": 0.5}})
+    )
     derived = Run(rerun(run, 2, {**config, "curriculum_sha256": sha}, curriculum=cur))
     assert derived.step_done(2, "evaluate") and not derived.step_done(2, "gate")
     assert (derived.root / "stage2" / "eval.json").exists()
-    assert rerun(run, 1, {**config, "curriculum_sha256": sha}, curriculum=cur) is None  # stage 1's gate is unchanged
+    # stage 1's gate is unchanged
+    assert rerun(run, 1, {**config, "curriculum_sha256": sha}, curriculum=cur) is None
 
 
 def test_first_step_reached():
     assert first_step_reached(["suites", "train"], False) == "train"
-    assert first_step_reached(["gate"], True) == "contrast"  # the constitution is first read by the contrast step
+    # the constitution is first read by the contrast step
+    assert first_step_reached(["gate"], True) == "contrast"
     assert first_step_reached(["counts"], True) == "optimize"
     assert first_step_reached([], False) is None
 
 
 def test_a_changed_model_or_server_is_a_new_run_not_a_rerun(original, tmp_path):
     run, config = original
-    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"]["cpu"]["serve"].update(max_model_len=1024))
+    cur, sha = changed_curriculum(
+        tmp_path, lambda d: d["profiles"]["cpu"]["serve"].update(max_model_len=1024)
+    )
     with pytest.raises(ConfigError, match=r"profiles\.cpu\.serve"):
         rerun(run, 2, {**config, "curriculum_sha256": sha}, curriculum=cur)
 
 
 def test_a_profile_that_differs_only_in_stage_settings_reruns_the_stage(original, tmp_path):
     run, config = original
-    cur, sha = changed_curriculum(tmp_path, lambda d: d["profiles"].update({"cpu-unfiltered": {**d["profiles"]["cpu"], "pair_filters": {"enabled": False}}}))
-    folder = rerun(run, 2, {**config, "curriculum_sha256": sha, "profile": "cpu-unfiltered"}, curriculum=cur)
+    cur, sha = changed_curriculum(
+        tmp_path,
+        lambda d: d["profiles"].update(
+            {"cpu-unfiltered": {**d["profiles"]["cpu"], "pair_filters": {"enabled": False}}}
+        ),
+    )
+    folder = rerun(
+        run, 2, {**config, "curriculum_sha256": sha, "profile": "cpu-unfiltered"}, curriculum=cur
+    )
     assert folder.name == f"orig-stage2-cpu-unfiltered-curriculum-{sha[:8]}"
     origin = Run(folder).manifest["derived_from"]
-    assert origin["profile"] == "cpu" and origin["changed"] == ["curriculum: pair_filters"] and origin["first_step"] == "guard"
+    assert (
+        origin["profile"] == "cpu"
+        and origin["changed"] == ["curriculum: pair_filters"]
+        and origin["first_step"] == "guard"
+    )

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from cai import guard
-from cai.lm import Job
-from cai.model import EMBEDDED, resolve_model
-from cai.serve import ServerError, ServeSettings, VLLMServer, command_line
-from cai.settings import TrainSettings
-from cai.swap import LoraSwap, MergedSwap
-from cai.train import init_adapter
+from cai.config.settings import TrainSettings
+from cai.data import guard
+from cai.serving.lm import Job
+from cai.serving.model import EMBEDDED, resolve_model
+from cai.serving.server import ServerError, ServeSettings, VLLMServer, command_line
+from cai.serving.swap import LoraSwap, MergedSwap
+from cai.training.adapters import init_adapter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,9 @@ def test_port_in_use_is_refused_before_starting(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        server = VLLMServer(ServeSettings(model="unused", port=port), tmp_path / "log", tmp_path / "pid")
+        server = VLLMServer(
+            ServeSettings(model="unused", port=port), tmp_path / "log", tmp_path / "pid"
+        )
         with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is in use"):
             server.start()
         assert server.process is None
@@ -42,7 +44,11 @@ def test_port_in_use_is_refused_before_starting(tmp_path):
 def test_serve_and_hot_load_an_adapter(tmp_path):
     model = resolve_model(EMBEDDED, ROOT / "models")
     adapter = init_adapter(model, tmp_path / "adapter", TrainSettings(lora_r=8))
-    server = VLLMServer(ServeSettings(model=model, dtype="float32", max_lora_rank=8, cpu_kvcache_gib=1), tmp_path / "server.log", tmp_path / "server.pid")
+    server = VLLMServer(
+        ServeSettings(model=model, dtype="float32", max_lora_rank=8, cpu_kvcache_gib=1),
+        tmp_path / "server.log",
+        tmp_path / "server.pid",
+    )
     with server:
         assert server.models() == ["stage0"]
         lora = LoraSwap(server)
@@ -51,7 +57,9 @@ def test_serve_and_hot_load_an_adapter(tmp_path):
         assert server.complete("stage1", "Name a colour.", max_tokens=8).strip()
         # the model as its own guard: structured outputs hold it to Llama Guard's verdict grammar
         check = guard.Guard("self", server.api_base, server.api_key, "stage1", 60)
-        assert check(Job("g", {"user": "Name a colour.", "agent": "Blue."}), seed=1)["verdict"]["parsed"]
+        assert check(Job("g", {"user": "Name a colour.", "agent": "Blue."}), seed=1)["verdict"][
+            "parsed"
+        ]
         with pytest.raises(ServerError, match="swap: loading adapter stage2"):
             lora.make_servable("stage2", tmp_path / "no-such-adapter")
         process = server.process
@@ -65,20 +73,31 @@ def test_a_merged_checkpoint_replaces_the_served_weights_in_place_and_the_base_c
     import torch
     from safetensors.torch import load_file, save_file
 
-    from cai.serve import BASE_NAME, MERGED_NAME
+    from cai.serving.server import BASE_NAME, MERGED_NAME
 
     model = resolve_model(EMBEDDED, ROOT / "models")
     adapter = init_adapter(model, tmp_path / "adapter", TrainSettings(lora_r=8))
-    weights = load_file(str(adapter / "adapter_model.safetensors"))  # B = 0 answers as the base: make it a real change
+    # B = 0 answers as the base: make it a real change
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
     torch.manual_seed(0)
-    save_file({k: (torch.randn_like(v) * 0.05 if "lora_B" in k else v) for k, v in weights.items()}, str(adapter / "adapter_model.safetensors"))
-    settings = ServeSettings(model=model, dtype="float32", cpu_kvcache_gib=1, swap="merged", extra_args=["--enforce-eager"])
+    save_file(
+        {k: (torch.randn_like(v) * 0.05 if "lora_B" in k else v) for k, v in weights.items()},
+        str(adapter / "adapter_model.safetensors"),
+    )
+    settings = ServeSettings(
+        model=model,
+        dtype="float32",
+        cpu_kvcache_gib=1,
+        swap="merged",
+        extra_args=["--enforce-eager"],
+    )
     prompt = "Name three colours and say why you like them."
     with VLLMServer(settings, tmp_path / "server.log", tmp_path / "server.pid") as server:
         assert server.models() == [MERGED_NAME]
         merged = MergedSwap(server, tmp_path / "merged")
         base = server.complete(merged.activate(BASE_NAME), prompt, max_tokens=24)
-        merged.make_servable("stage1", adapter)  # merged into tmp_path/merged/stage1, reloaded in place
+        # merged into tmp_path/merged/stage1, reloaded in place
+        merged.make_servable("stage1", adapter)
         changed = server.complete(merged.activate("stage1"), prompt, max_tokens=24)
         back = server.complete(merged.activate(BASE_NAME), prompt, max_tokens=24)
     assert changed != base and back == base

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 from conftest import ScriptedHTTP, scripted_vllm
 
-from cai.serve import ServerError, ServeSettings
-from cai.swap import LoraSwap, gpu_lent
+from cai.serving.server import ServerError, ServeSettings
+from cai.serving.swap import LoraSwap, gpu_lent
 
 
 class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
@@ -25,7 +25,15 @@ class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-        self.log.append(("POST", self.path, self.headers.get("Authorization"), body.get("lora_name") or body.get("model"), body.get("seed")))
+        self.log.append(
+            (
+                "POST",
+                self.path,
+                self.headers.get("Authorization"),
+                body.get("lora_name") or body.get("model"),
+                body.get("seed"),
+            )
+        )
         if self.path.startswith("/sleep"):
             return self._answer({"status": "sleeping", "level": 1})
         if self.path == "/wake_up":
@@ -41,8 +49,14 @@ class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
 
 @pytest.fixture
 def scripted(tmp_path):
-    ScriptedVLLM.log, ScriptedVLLM.wake_status, ScriptedVLLM.models = [], "awake", ["stage0", "stage1"]
-    for server in scripted_vllm(ScriptedVLLM, ServeSettings(model="m", sleep_while_training=True), tmp_path):
+    ScriptedVLLM.log, ScriptedVLLM.wake_status, ScriptedVLLM.models = (
+        [],
+        "awake",
+        ["stage0", "stage1"],
+    )
+    for server in scripted_vllm(
+        ScriptedVLLM, ServeSettings(model="m", sleep_while_training=True), tmp_path
+    ):
         swap = LoraSwap(server)
         swap.adapters = {"stage1": str(tmp_path / "stage1" / "adapter")}
         yield server, swap
@@ -53,10 +67,15 @@ def test_the_server_sleeps_while_training_then_wakes_with_its_adapters_and_a_pro
     with gpu_lent(server, swap, probe_seed=7):
         assert [r[1] for r in ScriptedVLLM.log] == ["/sleep?level=1"]
     calls = [(r[0], r[1]) for r in ScriptedVLLM.log]
-    assert calls == [("POST", "/sleep?level=1"), ("POST", "/wake_up"),
-                     ("POST", "/v1/unload_lora_adapter"), ("POST", "/v1/load_lora_adapter"), ("GET", "/v1/models"),
-                     ("POST", "/v1/chat/completions"),  # the reloaded adapter answers
-                     ("POST", "/v1/chat/completions")]  # the fixed-seed probe of the base
+    assert calls == [
+        ("POST", "/sleep?level=1"),
+        ("POST", "/wake_up"),
+        ("POST", "/v1/unload_lora_adapter"),
+        ("POST", "/v1/load_lora_adapter"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),  # the reloaded adapter answers
+        ("POST", "/v1/chat/completions"),
+    ]  # the fixed-seed probe of the base
     assert all(r[2] == f"Bearer {server.api_key}" for r in ScriptedVLLM.log)
     assert ScriptedVLLM.log[-2][3] == "stage1" and ScriptedVLLM.log[-1][3:] == ("stage0", 7)
     assert swap.adapters == {"stage1": swap.adapters["stage1"]}

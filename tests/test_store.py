@@ -50,7 +50,9 @@ def test_verify_finds_changed_missing_and_unrecorded_files(tmp_path):
     (run.stage_dir(1) / "adapter" / "weights").unlink()
     (run.stage_dir(1) / "stray.txt").write_text("x")
     problems = Run(run.root).verify()
-    assert problems[0] == "stage1/adapter/weights: missing" and problems[1].startswith("stage1/pairs.jsonl: changed")
+    assert problems[0] == "stage1/adapter/weights: missing" and problems[1].startswith(
+        "stage1/pairs.jsonl: changed"
+    )
     assert problems[2:] == ["stage1/stray.txt: not in the manifest"]
     assert bootstrap.main(["verify", "--run", str(run.root)]) == 1
 

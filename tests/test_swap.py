@@ -10,18 +10,21 @@ from conftest import ScriptedHTTP, scripted_vllm
 
 import bootstrap
 from cai import ROOT
-from cai.config import resolve_stage
-from cai.serve import BASE_NAME, MERGED_NAME, ServerError, ServeSettings, command_line
-from cai.swap import LoraSwap, MergedSwap, make_swap
+from cai.config.curriculum import resolve_stage
+from cai.serving.server import BASE_NAME, MERGED_NAME, ServerError, ServeSettings, command_line
+from cai.serving.swap import LoraSwap, MergedSwap, make_swap
 
 
 class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
     log: list = []
-    busy_resets = 0  # /reset_prefix_cache answers success false this many times first (blocks still held)
+    # /reset_prefix_cache answers success false this many times first (blocks still held)
+    busy_resets = 0
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-        self.log.append((self.path, body.get("kwargs", {}).get("weights_path") or body.get("model")))
+        self.log.append(
+            (self.path, body.get("kwargs", {}).get("weights_path") or body.get("model"))
+        )
         if self.path == "/collective_rpc":
             return self._answer({"results": [None]})
         if self.path.startswith("/reset_prefix_cache"):
@@ -33,14 +36,17 @@ class ScriptedVLLM(ScriptedHTTP, BaseHTTPRequestHandler):
 @pytest.fixture
 def merged(tmp_path):
     ScriptedVLLM.log, ScriptedVLLM.busy_resets = [], 0
-    for server in scripted_vllm(ScriptedVLLM, ServeSettings(model="/models/base", swap="merged"), tmp_path):
+    for server in scripted_vllm(
+        ScriptedVLLM, ServeSettings(model="/models/base", swap="merged"), tmp_path
+    ):
         swap = make_swap(server, tmp_path / "run")
         assert isinstance(swap, MergedSwap)
         yield swap
 
 
 def put_in(swap, name: str, checkpoint: str) -> None:
-    """`name`'s checkpoint known to the merged swap, as make_servable leaves it (without merging)."""
+    """`name`'s checkpoint known to the merged swap, as make_servable leaves it (without
+    merging)."""
     swap.weights[name] = checkpoint
 
 
@@ -62,12 +68,21 @@ def test_a_merged_swap_reloads_the_asked_for_weights_once_drops_the_prefix_cache
     assert merged.loaded == "stage1"
     assert merged.activate(BASE_NAME) == MERGED_NAME  # the guard's base, then the policy again
     assert [entry for entry in ScriptedVLLM.log if entry[0] == "/collective_rpc"] == [
-        ("/collective_rpc", "/run/merged/stage1"), ("/collective_rpc", "/models/base")]
-    # every reload: the weights, then the prefix cache (its blocks hold the old weights' keys), then a probe
-    assert [path for path, _ in ScriptedVLLM.log] == ["/collective_rpc", "/reset_prefix_cache", "/v1/chat/completions"] * 2
+        ("/collective_rpc", "/run/merged/stage1"),
+        ("/collective_rpc", "/models/base"),
+    ]
+    # every reload: the weights, then the prefix cache (its blocks hold the old weights' keys), then
+    # a probe
+    assert [path for path, _ in ScriptedVLLM.log] == [
+        "/collective_rpc",
+        "/reset_prefix_cache",
+        "/v1/chat/completions",
+    ] * 2
 
 
-def test_the_prefix_cache_reset_is_retried_while_blocks_are_held_and_a_stage_never_swapped_in_is_an_error(merged):
+def test_the_prefix_cache_reset_is_retried_while_blocks_are_held_and_a_stage_never_swapped_in_is_an_error(
+    merged,
+):
     ScriptedVLLM.busy_resets = 2
     put_in(merged, "stage2", "/run/merged/stage2")
     merged.activate("stage2")
@@ -83,19 +98,34 @@ def test_after_a_restart_the_stage_in_place_is_put_back_and_the_base_needs_nothi
     merged.activate("stage2")
     ScriptedVLLM.log.clear()
     merged.reapply()
-    assert [entry for entry in ScriptedVLLM.log if entry[0] == "/collective_rpc"] == [("/collective_rpc", "/run/merged/stage2")]
+    assert [entry for entry in ScriptedVLLM.log if entry[0] == "/collective_rpc"] == [
+        ("/collective_rpc", "/run/merged/stage2")
+    ]
 
 
 def test_make_servable_merges_once_and_keeps_only_the_checkpoints_in_use(merged, monkeypatch):
-    import cai.train
+    import cai.training.adapters
 
     merges = []
-    monkeypatch.setattr(cai.train, "merge_adapter", lambda base, adapter, out, trust=False: merges.append(out.name) or out.mkdir(parents=True) or out)
+    monkeypatch.setattr(
+        cai.training.adapters,
+        "merge_adapter",
+        lambda base, adapter, out, trust=False: (
+            merges.append(out.name) or out.mkdir(parents=True) or out
+        ),
+    )
     for old in ("stage1", "stage2"):
         (merged.merged_dir / old).mkdir(parents=True)
-    merged.make_servable("stage3", merged.merged_dir.parent / "stage3" / "adapter", keep=("stage2",))
-    assert merges == ["stage3"] and merged.loaded == "stage3" and merged.weights["stage3"] == str((merged.merged_dir / "stage3").resolve())
-    assert sorted(p.name for p in merged.merged_dir.iterdir()) == ["stage2", "stage3"]  # stage 1's is gone
+    merged.make_servable(
+        "stage3", merged.merged_dir.parent / "stage3" / "adapter", keep=("stage2",)
+    )
+    assert (
+        merges == ["stage3"]
+        and merged.loaded == "stage3"
+        and merged.weights["stage3"] == str((merged.merged_dir / "stage3").resolve())
+    )
+    # stage 1's is gone
+    assert sorted(p.name for p in merged.merged_dir.iterdir()) == ["stage2", "stage3"]
 
 
 def test_the_swap_step_records_the_way_it_served(ctx):
@@ -106,7 +136,7 @@ def test_the_swap_step_records_the_way_it_served(ctx):
 
 
 def _cpu_stage(n):
-    from cai.config import load_curriculum
+    from cai.config.curriculum import load_curriculum
 
     cur, _ = load_curriculum(ROOT / "curriculum.yaml")
     return cur, cur.profiles["cpu"], n

@@ -1,0 +1,43 @@
+"""contrast: each principle answers requests under its positive and its negative instruction."""
+
+from __future__ import annotations
+
+from cai.config.curriculum import StageConfig
+from cai.data import contrast as contrasts
+from cai.prompts.optimize import compiled
+from cai.serving.lm import run_jobs
+from programs.respond import Respond
+
+
+def contrast(ctx, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
+    """The constitution writes pairs: each principle of the stage that can (cai/data/contrast.py)
+    answers its requests under its positive and its negative instruction, one seed a request; the
+    pairs step keeps those its check separates the principle's way, with the bare request as the
+    prompt."""
+    n, endpoint = st.number, ctx.endpoint(policy)
+
+    def bare(request: str) -> list[dict]:
+        """The pair's prompt: the request as the respond step sends it."""
+        return endpoint.dspy_adapter().format(Respond, [], {"request": request})
+
+    judge_trusted = "judge" in ctx.trusted(st)[0]
+    principles = ctx.constitution.for_stage(n)
+    jobs, why_not = contrasts.contrast_jobs(
+        ctx.seed, n, tasks, principles, st.counts.contrasts, judge_trusted, bare
+    )
+    makes = {
+        p.id: compiled(ctx.run, n, contrasts.program(p), f"contrast-{p.id}")
+        for p in ctx.contrasting(st)
+    }
+    call = contrasts.dispatch(makes, endpoint, st.generation.contrast, f"stage{n}/contrast")
+    out = ctx.run.records(n, "contrasts")
+    stats = run_jobs(
+        jobs,
+        call,
+        out,
+        ctx.concurrency,
+        ctx.seed,
+        f"stage{n}/contrast",
+        progress=f"stage{n} contrast",
+    )
+    return {**stats, **{f"{pid}_makes_none": why for pid, why in why_not.items()}}
