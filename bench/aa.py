@@ -12,22 +12,18 @@ floor.
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common  # noqa: E402 (bench/common.py: puts the checkout on the path)
 
-from cai.config.curriculum import load_curriculum, resolve_stage  # noqa: E402
+ROOT = common.ROOT
+
 from cai.measuring import suites  # noqa: E402
-from cai.serving.model import resolve_model  # noqa: E402
 from cai.serving.server import ServeSettings, VLLMServer  # noqa: E402
 from cai.serving.swap import MergedSwap  # noqa: E402
 from cai.store import BASE_NAME, write_json_atomic  # noqa: E402
-from programs.respond import Respond  # noqa: E402
 
 # The 0/1 item scores compared, by suite: (score name as the verdict calls it, lm-eval's per-item
 # metric)
@@ -43,6 +39,7 @@ ITEM_SCORES = {
         ("ifeval_prompt_loose", "prompt_level_loose_acc"),
     ],
     "harmbench": [("harmbench_refusal", "refusal")],
+    "rho_overrefusal": [("rho_overrefusal", "refusal")],
 }
 
 
@@ -67,7 +64,7 @@ def evaluate(
         plan,
         profile.concurrency,
         0,
-        Respond.instructions,
+        profile.system_prompt,  # the one turn (programs/respond.py)
         profile.request_timeout_s,
         f"aa: {name}",
         profile.embedding_model,
@@ -77,10 +74,7 @@ def evaluate(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--profile", default="cpu")
+    p = common.parser(__doc__)
     p.add_argument(
         "--items",
         type=int,
@@ -89,10 +83,8 @@ def main() -> None:
     p.add_argument("--sets", default="dev,test", help="dev, test, or both (default)")
     p.add_argument("--out", type=Path, help="default: runs/aa-<profile>/aa.json")
     args = p.parse_args()
-    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    profile = cur.profiles[args.profile]
-    st = resolve_stage(cur, profile, 1)
-    model = resolve_model(profile.model, ROOT / "models")
+    run = common.load(args.profile)
+    profile, st, model = run.profile, run.stage, run.model
     repetition = st.suites.repetition and st.suites.repetition.model_dump()
     settings = ServeSettings(
         model=model, seed=0, **{**profile.serve.model_dump(), "swap": "merged"}

@@ -30,13 +30,12 @@ from cai.serving.lm import Endpoint, Job, program_call, request_seed, run_jobs  
 from cai.serving.model import EMBEDDED, resolve_model  # noqa: E402
 from cai.serving.server import BASE_NAME, ServeSettings, VLLMServer  # noqa: E402
 from cai.store import Records  # noqa: E402
-from programs.respond import Respond, Responder  # noqa: E402
+from programs.respond import Responder, turn  # noqa: E402
 
 
 def raw(
     server: VLLMServer, prompts: list[str], sampling: Sampling, concurrency: int, tag: str
 ) -> tuple[int, float, float]:
-    system = Respond.instructions
 
     def one(i: int) -> int:
         r = requests.post(
@@ -48,10 +47,7 @@ def raw(
                 "temperature": sampling.temperature,
                 "max_tokens": sampling.max_tokens,
                 "seed": request_seed(0, f"{tag}{i}"),
-                "messages": [
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": prompts[i]},
-                ],
+                "messages": turn(prompts[i]),
             },
         )
         r.raise_for_status()

@@ -17,20 +17,17 @@ Prints both, the ratio, and `swap_seconds=X` last: the swap of the way the profi
 
 from __future__ import annotations
 
-import argparse
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common  # noqa: E402 (bench/common.py: puts the checkout on the path)
 
-from cai.config.curriculum import load_curriculum, resolve_stage  # noqa: E402
+ROOT = common.ROOT
+
 from cai.data import constraints  # noqa: E402
 from cai.serving.lm import Endpoint, Job, program_call, run_jobs  # noqa: E402
-from cai.serving.model import resolve_model  # noqa: E402
 from cai.serving.server import ServeSettings, VLLMServer  # noqa: E402
 from cai.serving.swap import make_swap  # noqa: E402
 from cai.store import Records  # noqa: E402
@@ -69,16 +66,11 @@ def generate(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--profile", default="cpu")
+    p = common.parser(__doc__)
     p.add_argument("--requests", type=int, help="send only the first N of the stage's requests")
     args = p.parse_args()
-    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
-    profile = cur.profiles[args.profile]
-    st = resolve_stage(cur, profile, 1)
-    model = resolve_model(profile.model, ROOT / "models")
+    run = common.load(args.profile)
+    profile, st, model = run.profile, run.stage, run.model
     jobs = stage_jobs(st, args.requests)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,9 @@ message with the instruction and the inputs gave on-topic text. So this adapter:
 
 - a signature with one input field is a chat turn: its instructions become the system
   message and the input value, bare, the user message (the respond program, whose
-  prompt is exactly what the trained policy later sees);
+  prompt is exactly what the trained policy later sees); a signature with no instructions
+  of its own (DSPy's default, "Given the fields ...") sends no system message, so the
+  chat template's own default stands;
 - any other signature is one user message: the instructions, then each input field
   under its label;
 - demos (from an optimizer) are earlier user/assistant turns in the same format;
@@ -55,7 +57,7 @@ class PlainAdapter(dspy.Adapter):
     def format(self, signature, demos, inputs) -> list[dict[str, Any]]:
         messages = []
         chat_turn = len(signature.input_fields) == 1
-        if chat_turn:
+        if chat_turn and not self.default_instructions(signature):
             messages.append({"role": "system", "content": signature.instructions})
         for demo in demos:
             if all(k in demo for k in signature.fields):
@@ -78,6 +80,11 @@ class PlainAdapter(dspy.Adapter):
         for name in signature.input_fields:
             parts.append(f"{_label(name)}:\n{values[name]}")
         return "\n\n".join(parts)
+
+    @staticmethod
+    def default_instructions(signature) -> bool:
+        """Whether the signature states no instructions of its own (DSPy wrote its default)."""
+        return signature.instructions == dspy.make_signature(dict(signature.fields)).instructions
 
     @staticmethod
     def output_name(signature) -> str:

@@ -4,7 +4,6 @@ The logic lives in `cai/`; this file is the glue lm-eval loads from the YAML's f
 """
 
 from cai.data.constraints import score_ifeval
-from cai.data.refusal import is_refusal
 
 
 def instruction_following(doc, results):
@@ -15,10 +14,6 @@ def instruction_following(doc, results):
 def inst_level_mean(items):
     flat = [x for per_prompt in items for x in per_prompt]
     return sum(flat) / len(flat) if flat else 0.0
-
-
-def refusal(doc, results):
-    return {"refusal": float(is_refusal(results[0]))}
 
 
 def answer_words(doc, results):

@@ -28,13 +28,13 @@ def test_the_aa_bench_compares_the_base_with_itself_after_a_reload(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     found = json.loads(out.read_text())
-    # four dev suites, two benchmarks
+    # four dev suites, three benchmarks
     assert (
         last == f"aa_flips={last.split('=')[1].split()[0]} of {found['items']}"
-        and found["items"] == 3 * 6
+        and found["items"] == 3 * 7
     )
     assert (
         set(found["flips"])
-        >= {"instruction_following", "ifeval_prompt_strict", "harmbench_refusal"}
+        >= {"instruction_following", "ifeval_prompt_strict", "harmbench_refusal", "rho_overrefusal"}
         and found["profile"] == "tiny"
     )

@@ -161,8 +161,9 @@ def test_the_cpu_default_serves_merged_on_every_core_and_reads_its_verdict_on_th
     st = resolve_stage(cur, cpu, 6)
     # the gate's paired test; every dev item at stages 0 and 6
     assert st.counts.eval_items >= 40 and st.counts.final_eval_items >= 100
-    # the verdict: every item of both
-    assert st.suites.test == ["ifeval", "harmbench"] and st.suites.test_items is None
+    # the verdict: every item of the three
+    assert st.suites.test == ["ifeval", "harmbench", "rho_overrefusal"]
+    assert st.suites.test_items is None
     assert st.suites.test_max_tokens["ifeval"] == 1280  # as lm-eval's ifeval task generates
 
 

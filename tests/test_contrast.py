@@ -7,7 +7,7 @@ from dspy.utils.dummies import DummyLM
 from cai import ROOT
 from cai.config.constitution import Constitution, Principle, load_constitution
 from cai.config.settings import ConfigError, PairFilters
-from cai.data import contrast
+from cai.data import contrast, requests
 from cai.data.pairs import build_pairs
 
 
@@ -152,8 +152,8 @@ def test_each_principle_answers_its_own_requests_and_says_why_not_where_it_canno
     ][0].meta["requests"] == "benign"
     assert why_not == {"be-accurate": "its check is the judge, which this stage does not trust"}
     # the optimizer's requests are never a pair's
-    held = {r["id"] for r in contrast.held_out(0, "harmful", 99)}
-    assert len(held) == contrast.HELD_OUT and not held & {
+    held = {r["id"] for r in requests.held_out(0, "harmful", 99)}
+    assert len(held) == requests.HELD_OUT and not held & {
         j.meta["request_id"] for j in by["avoid-harm"]
     }
     later = contrast.contrast_jobs(0, 3, tasks, con.for_stage(3), 3, False, lambda r: r)[0]
@@ -328,3 +328,52 @@ def test_the_contrast_step_answers_both_sides_under_each_principles_instructions
     assert len(sent[avoid.contrast.negative]) == 2
     # the pair's prompt: the bare request alone
     assert not any(e.request in str(harm["pair_prompt"]) for e in avoid.contrast.examples)
+
+
+def test_a_judge_checked_principle_makes_a_pair_where_the_judge_prefers_the_positive_both_ways():
+    p = principle("judge")
+    recs = [
+        contrast_record(f"t{i}-x-p-judge", p.id, "tasks", f"good {i}", f"bad {i}") for i in range(3)
+    ]
+    jobs = contrast.judge_jobs(recs, [p])
+    # both orders, the negative side shown first as A
+    assert [j.id for j in jobs[:2]] == ["t0-x-p-judge-ab", "t0-x-p-judge-ba"]
+    assert (jobs[0].inputs["response_a"], jobs[0].inputs["response_b"]) == ("bad 0", "good 0")
+    assert jobs[0].inputs["principle"] == p.contrast.positive
+
+    def verdict(rid, better):
+        return {"id": rid, "ok": True, "better": better}
+
+    judged = [
+        *(verdict("t0-x-p-judge-ab", "B"), verdict("t0-x-p-judge-ba", "A")),  # positive both ways
+        *(verdict("t1-x-p-judge-ab", "A"), verdict("t1-x-p-judge-ba", "A")),  # names a position
+    ]  # t2: never judged
+    pairs, counts, _ = build_pairs(
+        1, [], [], [], [], judged, contrasts=recs, principles={p.id: p}, sources=["contrast"]
+    )
+    assert [x["id"] for x in pairs] == ["t0-x-p-judge-pair"]
+    assert pairs[0]["chosen"][0]["content"] == "good 0"
+    assert pairs[0]["provenance"]["contrast"]["judge"] == {"ab": "B", "ba": "A", "decided": "judge"}
+    assert counts["contrast_p-judge_not_separated"] == 2
+
+
+def test_one_chosen_text_is_kept_for_at_most_max_same_chosen_pairs_a_stage():
+    p = principle("refusal", "harmful")
+    sorry = "I'm sorry, but I can't help with that."
+    recs = [
+        contrast_record(f"h{i}-x-p", p.id, "harmful", sorry, "Sure, here is how.") for i in range(6)
+    ]
+    quality = {f"{r['id']}:{s}": signals() for r in recs for s in ("positive", "negative")}
+    pairs, counts, _ = build_pairs(
+        1,
+        [],
+        [],
+        [],
+        [],
+        [],
+        quality=quality,
+        filters=PairFilters(max_same_chosen=4),
+        contrasts=recs,
+        principles={p.id: p},
+    )
+    assert len(pairs) == 4 and counts["dropped_filter_same_chosen"] == 2

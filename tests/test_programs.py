@@ -9,15 +9,20 @@ from programs.adapter import PlainAdapter, first_choice
 from programs.critique import CritiqueResponse
 from programs.judge import CompareResponses, Judge
 from programs.propose import Propose, clean_task
-from programs.respond import Respond, Responder
+from programs.respond import Respond, Responder, turn
 
 
-def test_single_input_is_a_chat_turn():
-    messages = PlainAdapter().format(Respond, [], {"request": "Name a planet."})
-    assert messages == [
-        {"role": "system", "content": Respond.instructions},
+def test_single_input_is_a_chat_turn_whose_instructions_are_its_system_message():
+    asked = Respond.with_instructions("Be brief.")
+    assert PlainAdapter().format(asked, [], {"request": "Name a planet."}) == [
+        {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Name a planet."},
     ]
+    # no instructions of its own: the chat template's default system prompt stands
+    assert turn("Name a planet.") == [{"role": "user", "content": "Name a planet."}]
+    assert turn("Name a planet.", "Be brief.") == PlainAdapter().format(
+        asked, [], {"request": "Name a planet."}
+    )
 
 
 def test_several_inputs_are_one_user_message_with_labels_and_demos_as_turns():

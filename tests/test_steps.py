@@ -96,11 +96,17 @@ def test_judge_is_not_asked_where_the_checker_decides(ctx, monkeypatch):
     monkeypatch.setattr(
         bootstrap, "trusted_sources", lambda st, optimized: (["best_of_n", "revision", "judge"], {})
     )
+    # a principle whose check is the judge: its contrast is judged too, both orders
+    contrast = {"id": "s1-seed01-x-be-accurate", "ok": True, "principle_id": "be-accurate"}
+    contrast.update(request="Name trees.", positive="Oak.", negative="Oaks are blue.")
+    ctx.run.records(1, "contrasts").append(contrast)
     stats = bootstrap.judge(ctx, stage(1), "stage0", tasks)
-    assert stats["skipped_checker_decides"] == 1 and stats["requested"] == 2
+    assert stats["skipped_checker_decides"] == 1 and stats["requested"] == 4
     assert {j["id"] for j in ctx.run.records(1, "judgments")} == {
         "s1-seed01-r0-v-ab",
         "s1-seed01-r0-v-ba",
+        "s1-seed01-x-be-accurate-ab",
+        "s1-seed01-x-be-accurate-ba",
     }
 
 
@@ -458,7 +464,9 @@ def test_respond_answers_batches_of_tasks_until_the_stage_holds_its_pairs(ctx, m
     monkeypatch.setattr(Endpoint, "lm", lm)
     monkeypatch.setattr(ctx, "concurrency", 1)
     st = stage(1, samples=2, target_pairs=5, respond_batch=4)
-    stats = bootstrap.respond(ctx, st, "stage0", tasks)
+    # every task's keeping answer is one text here: the cap on one chosen text is not what is tested
+    filters = st.pair_filters.model_copy(update={"max_same_chosen": 99})
+    stats = bootstrap.respond(ctx, st.model_copy(update={"pair_filters": filters}), "stage0", tasks)
     # two batches of 4
     assert (
         stats["tasks_answered"] == 8 and stats["candidate_pairs"] == 8 and stats["requested"] == 16

@@ -74,6 +74,10 @@ class Profile(StageSettings):
     # restarts of a dead or hung server, per stage, before the run stops
     server_restarts: int = Field(2, ge=0)
     trust_remote_code: bool = False
+    # The system message of every turn the policy is trained and measured in: the pairs' prompt, the
+    # dev suites, the test set (programs/respond.py). None: the chat template's own default, what
+    # lm-eval's tasks and a chat client send.
+    system_prompt: str | None = Field(None, min_length=1)
     serve: ServeConfig = ServeConfig()
     guard: GuardSettings = GuardSettings()
     # relevance (cai/data/quality.py): a sentence-transformers folder or hub name

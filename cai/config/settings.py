@@ -28,7 +28,7 @@ STAGE_TYPES = (
 # the dev set: the project's own suites
 SUITES = ("instruction_following", "harmlessness", "over_refusal", "helpfulness")
 # the test set: outside yardsticks (cai/measuring/benchmarks.py)
-BENCHMARKS = ("ifeval", "harmbench")
+BENCHMARKS = ("ifeval", "harmbench", "rho_overrefusal")
 # Where a pair's verdict comes from: best-of-n samples the checker separates, a revision
 # the checker prefers (or not), a revision the judge prefers where the checker is silent.
 PAIR_SOURCES = ("best_of_n", "revision", "judge", "contrast")
@@ -38,8 +38,10 @@ SCORES = (
     "instruction_following_loose",
     "instruction_following_inst_level",
     "harmlessness_refusal",
+    "harmlessness_refusal_prefixes",
     "harmlessness_unsafe",
     "over_refusal",
+    "over_refusal_prefixes",
     "win_rate_vs_previous",
     "win_rate_vs_base",
     # the quality suites, on the answers to the instruction-following and helpfulness requests
@@ -179,7 +181,11 @@ class SuiteSettings(Strict):
     test_items: int | None = Field(None, ge=1)
     # The test set's caps on new tokens: IFEval as lm-eval runs it; each cap is reached by the share
     # of answers eval.json records
-    test_max_tokens: dict[Literal[BENCHMARKS], int] = {"ifeval": 1280, "harmbench": 512}
+    test_max_tokens: dict[Literal[BENCHMARKS], int] = {
+        "ifeval": 1280,
+        "harmbench": 512,
+        "rho_overrefusal": 512,
+    }
     # An evaluation answer that loops ends where the loop shows (vLLM's repetition stop), not at the
     # cap: base and policy are answered alike, and every answer's ending is recorded (None: only the
     # cap ends one)
@@ -248,6 +254,9 @@ class PairFilters(Strict):
     min_length_ratio: float = Field(0.6, ge=0)
     # a side repeating more of itself than this is never chosen
     max_repetition: float = Field(0.3, ge=0, le=1)
+    # pairs of a stage whose chosen side is one and the same text, at most: a stage's refusals all
+    # "I'm afraid I can't help with injury prevention." teach one string, not to decline the request
+    max_same_chosen: int = Field(4, ge=1)
 
 
 # A gate limit: a number (the most a score may move), or "interval": it may not move past

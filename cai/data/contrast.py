@@ -8,54 +8,23 @@ gap the label would be a coin flip): `separates` says whether it does, and recor
 signals. The pair's prompt is the bare request, without the instruction, so the behaviour moves
 into the weights (principle engraving, Sun et al. 2023).
 
-A principle's requests are the stage's own tasks, or one of the project's sets whose kind the set
-says (requests/harmful.txt: the positive side refuses; requests/benign.txt, requests that only look
-risky: the positive side helps). Of each set, the first `HELD_OUT` in the run's order are the
-optimizer's examples and never a pair's; each stage takes its own slice of the rest.
+A principle's requests are the stage's own tasks, or a set whose kind is known
+(cai/data/requests.py: AdvBench's harmful behaviours, which the positive side refuses; benign
+requests in their register, which it helps with): each stage its own slice, never the optimizer's
+held-out examples, never one another stage had.
 """
 
 from __future__ import annotations
 
 import programs
-from cai import ROOT
 from cai.config.constitution import Principle
 from cai.data.constraints import keeps
 from cai.data.refusal import propositions
-from cai.serving.lm import Job, program_call, seeded
+from cai.data.requests import stage_requests
+from cai.data.verdicts import judge_preference
+from cai.serving.lm import Job, program_call
 from programs.contrast import Contrast
-
-REQUESTS_DIR = ROOT / "requests"
-HELD_OUT = 12  # of each known-kind set: the optimizer's examples
-
-
-def known_requests(kind: str) -> list[dict]:
-    """requests/<kind>.txt as requests, one a line, each with a stable id."""
-    lines = [
-        line.strip()
-        for line in (REQUESTS_DIR / f"{kind}.txt").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    return [
-        {"id": f"{kind}-{i:03d}", "request": line, "prompt": line} for i, line in enumerate(lines)
-    ]
-
-
-def ordered(seed: int, kind: str) -> list[dict]:
-    """The set in the run's order: the first HELD_OUT are the optimizer's."""
-    rows = known_requests(kind)
-    seeded(seed, f"requests-{kind}").shuffle(rows)
-    return rows
-
-
-def stage_requests(seed: int, kind: str, n: int, count: int) -> list[dict]:
-    """Stage n's `count` requests of a known-kind set: its own slice of what the optimizer does not
-    hold, round the set if it must."""
-    rest = ordered(seed, kind)[HELD_OUT:]
-    return [rest[((n - 1) * count + i) % len(rest)] for i in range(min(count, len(rest)))]
-
-
-def held_out(seed: int, kind: str, count: int) -> list[dict]:
-    return ordered(seed, kind)[: min(count, HELD_OUT)]
+from programs.judge import both_orders
 
 
 def contrast_jobs(
@@ -129,10 +98,16 @@ def program(p: Principle):
 
 
 def separates(
-    p: Principle, record: dict, q_positive: dict | None, q_negative: dict | None
+    p: Principle,
+    record: dict,
+    q_positive: dict | None,
+    q_negative: dict | None,
+    judged: tuple[dict | None, dict | None] = (None, None),
+    judge_margin: float = 0.0,
 ) -> tuple[bool, dict]:
     """Whether the principle's check tells the positive answer from the negative one in the
-    principle's direction, and each side's propositions and rule check (for the provenance)."""
+    principle's direction, and each side's propositions and rule check (for the provenance).
+    `judged`: the judge's verdicts on the pair in both orders (`judge_jobs`), for a judge check."""
     check, pos, neg = p.check, record["positive"], record["negative"]
 
     def rule(text: str) -> bool | None:
@@ -140,7 +115,7 @@ def separates(
         return keeps(constraint, record["request"], text) if constraint else None
 
     signals = {
-        side: {**propositions(text), "keeps_rule": rule(text)}
+        side: {**propositions(text, record["request"]), "keeps_rule": rule(text)}
         for side, text in (("chosen", pos), ("rejected", neg))
     }
     chosen, rejected = signals["chosen"], signals["rejected"]
@@ -150,6 +125,14 @@ def separates(
         return not chosen["refuses"] and rejected["refuses"], signals
     if check.signal == "rule":
         return chosen["keeps_rule"] is True and rejected["keeps_rule"] is False, signals
+    if check.signal == "judge":  # the negative side shown first as A: "revision" is the positive
+        winner, why = judge_preference(*judged, judge_margin)
+        signals["judge"] = {
+            "ab": (judged[0] or {}).get("better"),
+            "ba": (judged[1] or {}).get("better"),
+        }
+        signals["judge"]["decided"] = why
+        return winner == "revision", signals
     if q_positive is None or q_negative is None:
         return False, signals
     if check.signal == "words":
@@ -164,13 +147,30 @@ def separates(
         ], signals
     if check.signal == "boilerplate":
         return not q_positive["boilerplate"] and q_negative["boilerplate"], signals
-    return False, signals  # judge: where it is trusted, cai/data/pairs.py asks its verdicts
+    return False, signals
 
 
 # The quality filters a contrast's chosen side is spared (cai/data/pairs.py): a good refusal is
 # short and not about the request's topic by design; a shorter answer is the point of the words
 # check.
 FILTERS_SPARED = {"refusal": ("relevance", "relevance_margin", "length"), "words": ("length",)}
+
+
+def judge_jobs(contrasts, principles: list[Principle]) -> list[Job]:
+    """The judge's questions on each contrast whose principle's check is the judge: which answer
+    follows the principle's positive instruction better, asked in both orders (the negative side as
+    A first), so a judge that names a position agrees with itself only by chance."""
+    by_id, jobs = {p.id: p for p in principles}, []
+    for rec in contrasts:
+        p = by_id.get(rec["principle_id"])
+        if not rec["ok"] or p is None or p.check is None or p.check.signal != "judge":
+            continue
+        common = {"request": rec["request"], "principle": p.contrast.positive}
+        asked = both_orders(common, rec["negative"], rec["positive"])
+        jobs += [
+            Job(f"{rec['id']}-{order}", i, {"contrast_id": rec["id"]}) for order, i in asked.items()
+        ]
+    return jobs
 
 
 def dispatch(makes: dict, endpoint, sampling, label: str):

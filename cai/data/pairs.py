@@ -81,9 +81,9 @@ def build_pairs(
         if p is None or p.check is None or not rec["ok"]:
             counts[f"contrast_{rec['principle_id']}_unusable"] += 1
             continue
-        ok, signals = separates(
-            p, rec, quality.get(f"{rec['id']}:positive"), quality.get(f"{rec['id']}:negative")
-        )
+        judged = (by_id.get(f"{rec['id']}-ab"), by_id.get(f"{rec['id']}-ba"))
+        sides = quality.get(f"{rec['id']}:positive"), quality.get(f"{rec['id']}:negative")
+        ok, signals = separates(p, rec, *sides, judged, judge_margin)
         if not ok:
             counts[f"contrast_{p.id}_not_separated"] += 1
             continue
@@ -203,7 +203,7 @@ def build_pairs(
                 )
             )
 
-    pairs, unsafe = [], []
+    pairs, unsafe, chosen_texts = [], [], Counter()
     verdict_of = {g["target"]: g["verdict"] for g in guard_records}
     for pair in candidates:
         p = pair["provenance"]
@@ -244,6 +244,11 @@ def build_pairs(
                     }
                 )
                 continue
+        same = " ".join(pair["chosen"][0]["content"].lower().split())
+        if filters.enabled and chosen_texts[same] >= filters.max_same_chosen:
+            counts["dropped_filter_same_chosen"] += 1  # one answer learned for many requests
+            continue
+        chosen_texts[same] += 1
         counts[f"kept_{p['source']}_by_{p['decided_by']}"] += 1
         if p["source"] == "contrast":
             counts[f"contrast_{p['principle_id']}_kept"] += 1

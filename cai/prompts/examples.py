@@ -20,7 +20,9 @@ from cai.config.constitution import Principle
 from cai.config.curriculum import StageConfig
 from cai.data import constraints, contrast, principles, quality
 from cai.data.filters import acceptable
-from cai.data.tasks import Novelty, proposer_examples
+from cai.data.leakage import Novelty
+from cai.data.requests import held_out
+from cai.data.tasks import proposer_examples
 from cai.prompts.optimize import Compilable
 from cai.serving.lm import seeded
 from programs.critique_revise import CritiqueAndRevise
@@ -163,7 +165,7 @@ def for_contrast(seed: int, st: StageConfig, p: Principle, count: int, embedder)
             for t in seed_slice(seed, st, count)
         ]
         if kind == "tasks"
-        else contrast.held_out(seed, kind, count)
+        else held_out(seed, kind, count)
     )
     data = [
         dspy.Example(

@@ -27,8 +27,7 @@ from cai.config.curriculum import (
 )
 from cai.config.machine import GuardSettings
 from cai.config.settings import ConfigError
-from cai.data import quality
-from cai.measuring import benchmarks
+from cai.data import outside, quality
 from cai.run import budget, commands
 from cai.run.rerun import rerun_stage
 from cai.serving.model import ModelError, resolve_model
@@ -159,6 +158,7 @@ class Settings:
     timeout_s: float = 300.0  # a request longer than this counts as a hung server
     seed: int = 0
     trust_remote_code: bool = False
+    system_prompt: str | None = None  # every turn's system message (None: the template's default)
     guard: GuardSettings = GuardSettings()
     server_restarts: int = 2
     embedding_model: str = quality.EMBEDDED_EMBEDDER
@@ -233,12 +233,18 @@ def prepare(args: argparse.Namespace) -> Launch | None:
         quality.resolve_embedder(profile.embedding_model)
     except quality.EmbedderError as e:
         raise ConfigError(f"{where}.embedding_model: {e}") from None
-    # the test set's files, where the wheels put them
-    for benchmark in sorted({b for st in stages.values() for b in st.suites.test}):
+    # the outside data sets' files, where the wheels put them: the test set, AdvBench's requests
+    needed = {b for st in stages.values() for b in st.suites.test}
+    asks_harm = any(
+        p.contrast and p.contrast.requests == "harmful" for p in constitution.principles
+    )
+    if asks_harm or any("harmlessness" in st.suites.run for st in stages.values()):
+        needed.add("advbench")
+    for name in sorted(needed):
         try:
-            benchmarks.data_file(benchmark)
-        except benchmarks.BenchmarkError as e:
-            raise ConfigError(f"{args.curriculum}: suites.test: {e}") from None
+            outside.data_files(name)
+        except outside.OutsideDataError as e:
+            raise ConfigError(f"{args.curriculum}: {e}") from None
     check_memory(profile, stages, model, where)
     if profile.serve.port and port_in_use(profile.serve.port):
         raise ConfigError(
@@ -326,6 +332,7 @@ def prepare(args: argparse.Namespace) -> Launch | None:
         concurrency=profile.concurrency * profile.serve.data_parallel_size,
         timeout_s=profile.request_timeout_s,
         trust_remote_code=profile.trust_remote_code,
+        system_prompt=profile.system_prompt,
         guard=profile.guard,
         server_restarts=profile.server_restarts,
         embedding_model=profile.embedding_model,

@@ -37,7 +37,8 @@ GAIN_AND_TAX = [
     "repetition",
     "boilerplate",
 ]
-FILTERS = ["relevance", "relevance_margin", "length", "repetition", "boilerplate", "unmeasured"]
+FILTERS = ["relevance", "relevance_margin", "length", "repetition", "boilerplate"]
+FILTERS += ["same_chosen", "unmeasured"]  # one chosen text for many requests; no signals
 
 
 def _stages(run: Run) -> list[int]:

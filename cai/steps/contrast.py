@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from cai.config.curriculum import StageConfig
 from cai.data import contrast as contrasts
 from cai.prompts.optimize import compiled
 from cai.serving.lm import run_jobs
-from programs.respond import Respond
+from programs.respond import turn
 
 
 def contrast(ctx, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
@@ -15,15 +17,17 @@ def contrast(ctx, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
     pairs step keeps those its check separates the principle's way, with the bare request as the
     prompt."""
     n, endpoint = st.number, ctx.endpoint(policy)
-
-    def bare(request: str) -> list[dict]:
-        """The pair's prompt: the request as the respond step sends it."""
-        return endpoint.dspy_adapter().format(Respond, [], {"request": request})
-
     judge_trusted = "judge" in ctx.trusted(st)[0]
     principles = ctx.constitution.for_stage(n)
+    # the pair's prompt: the bare request in the one turn the policy is trained and measured in
     jobs, why_not = contrasts.contrast_jobs(
-        ctx.seed, n, tasks, principles, st.counts.contrasts, judge_trusted, bare
+        ctx.seed,
+        n,
+        tasks,
+        principles,
+        st.counts.contrasts,
+        judge_trusted,
+        partial(turn, system_prompt=ctx.system_prompt),
     )
     makes = {
         p.id: compiled(ctx.run, n, contrasts.program(p), f"contrast-{p.id}")

@@ -14,7 +14,6 @@ from cai.measuring.win_rate import win_rates
 from cai.steps.guard import classify
 from cai.store import BASE_NAME, Records, stage_number, write_json_atomic, write_jsonl_atomic
 from programs.judge import Judge
-from programs.respond import Respond
 
 
 def evaluate(
@@ -26,12 +25,8 @@ def evaluate(
     which = "dev" if step == "evaluate" else "test"
     folder = ctx.run.stage_dir(n) / ("eval" if step == "evaluate" else "test")
     plan = suites.batches(st, which, n)
-    shutil.rmtree(
-        folder, ignore_errors=True
-    )  # a step cut short is redone whole: lm-eval does not resume
-    system = (
-        Respond.instructions if which == "dev" else None
-    )  # the test set as its benchmarks run it: the chat template's own
+    # a step cut short is redone whole: lm-eval does not resume
+    shutil.rmtree(folder, ignore_errors=True)
     repetition = st.suites.repetition and st.suites.repetition.model_dump()
     samples = suites.answer(
         ctx.server,
@@ -40,7 +35,7 @@ def evaluate(
         plan,
         ctx.concurrency,
         ctx.seed,
-        system,
+        ctx.system_prompt,  # the one turn (programs/respond.py)
         ctx.timeout_s,
         f"stage{n} {step}",
         ctx.embedding_model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from cai.config.curriculum import StageConfig
 from cai.data import contrast as contrasts, quality
@@ -71,7 +72,7 @@ def optimize_program(ctx, st: StageConfig, policy: str, name: str) -> dict:
         jobs = [Job(f"{t['id']}-r0", {"request": t["prompt"]}, {"task_id": t["id"]}) for t in seeds]
         ctx.jobs(
             jobs,
-            Responder,
+            partial(Responder, ctx.system_prompt),
             "response",
             policy,
             st.generation.respond,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from cai.config.curriculum import StageConfig
-from cai.data import constraints, tasks as proposals
-from cai.measuring import benchmarks
+from cai.data import constraints, requests, tasks as proposals
+from cai.data.leakage import Novelty
 from cai.prompts.optimize import compiled
 from cai.serving.lm import seeded
 from cai.store import StageError, write_jsonl_atomic
@@ -20,11 +20,8 @@ def propose(ctx, st: StageConfig, policy: str) -> dict:
     records, make = ctx.run.records(n, "proposals"), compiled(ctx.run, n, Propose, "propose")
     seeds = seeded(ctx.seed, f"stage{n}-seeds").sample(st.seeds, min(c.seeds_used, len(st.seeds)))
     earlier = [t["request"] for t in ctx.run.earlier(n, "tasks")]
-    novelty = proposals.Novelty(list(st.seeds) + earlier, st.dedupe_threshold)
-    # no task near an evaluation item
-    held_out = proposals.Novelty(
-        benchmarks.evaluation_texts(st.suites.test), proposals.LEAK_THRESHOLD
-    )
+    novelty = Novelty(list(st.seeds) + earlier, st.dedupe_threshold)
+    held_out = requests.evaluation(ctx.seed)  # no task near an evaluation item, dev or test
     generated = []
     stats = Counter(
         dropped_unusable=0, dropped_near_evaluation=0, dropped_duplicate=0

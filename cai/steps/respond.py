@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from functools import partial
 
 from cai.config.curriculum import StageConfig
 from cai.data import constraints, quality
@@ -44,7 +45,7 @@ def respond(ctx, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
         stats.update(
             ctx.jobs(
                 jobs,
-                Responder,
+                partial(Responder, ctx.system_prompt),
                 "response",
                 policy,
                 st.generation.respond,
