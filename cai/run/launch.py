@@ -240,9 +240,9 @@ def prepare(args: argparse.Namespace) -> Launch | None:
     )
     if asks_harm or any("harmlessness" in st.suites.run for st in stages.values()):
         needed.add("advbench")
-    for name in sorted(needed):
+    for outside_set in sorted(needed):
         try:
-            outside.data_files(name)
+            outside.data_files(outside_set)
         except outside.OutsideDataError as e:
             raise ConfigError(f"{args.curriculum}: {e}") from None
     check_memory(profile, stages, model, where)

@@ -56,6 +56,7 @@ def pair_features():
             "says_cannot",
             "lectures",
             "brief",
+            "names_other_topic",
             "good_refusal",
             "keeps_rule",
         )
@@ -97,6 +98,7 @@ def pair_features():
                     "margin": Value("float64"),
                     "chosen": propositions,
                     "rejected": propositions,
+                    "judge": {"ab": text, "ba": text, "decided": text},
                 },
                 "chosen": side,
                 "rejected": side,
