@@ -1,15 +1,14 @@
 """Constitutional AI bootstrap: a model aligns itself, stage by stage, unattended.
 
-    python bootstrap.py --until stage6              # all six stages; re-run to resume
-    python bootstrap.py --only stage3 --run cpu     # one stage (the ones before it done)
+    python bootstrap.py --until stage6            # all six stages; re-run to resume
+    python bootstrap.py --only stage3 --run cpu   # one stage (the ones before it done)
+    python bootstrap.py --only stage6 --run cpu --constitution X.yaml   # rerun under new principles
+    python bootstrap.py principles --run cpu --stage 6 [--constitution X.yaml]   # their dry run
     python bootstrap.py prompts --run cpu --stage 3 [--program critique] [--diff 2]
-    python bootstrap.py report --run cpu            # report.md + plots across stages
-    python bootstrap.py export --run cpu            # the pairs as a dataset, with dataset and model
-    cards
-    python bootstrap.py verify --run cpu            # every finished stage's files against the
-    manifest's hashes
-    python bootstrap.py plan --profile gpu          # tokens, GPU-hours, dollars and memory, before
-    anything runs
+    python bootstrap.py report --run cpu          # report.md + plots across stages
+    python bootstrap.py export --run cpu          # the pairs as a dataset, dataset and model cards
+    python bootstrap.py verify --run cpu          # finished stages' files against their hashes
+    python bootstrap.py plan --profile gpu        # tokens, GPU-hours, dollars, memory, beforehand
 
 The base model is evaluated on the dev suites and the test set (stage 0); then each stage of
 curriculum.yaml is run by the current policy, the last promoted stage, served by vLLM. It compiles

@@ -2,8 +2,7 @@
 compare the records with an uninterrupted run of the same seed.
 
     python bench/soak.py [--points 20] [--until stage1] [--seed 0]
-    python bench/soak.py --compare RUN REFERENCE   # two finished runs' records, e.g. before and
-    after a refactor
+    python bench/soak.py --compare RUN REFERENCE   # two finished runs' records (a refactor's)
 
 Prints `lost=N doubled=N differing=N` last: ids the uninterrupted run (REFERENCE) has and the
 killed one (RUN) lacks, ids written twice in one file, and records whose content differs.

@@ -1,9 +1,9 @@
 """Our training step against plain TRL DPOTrainer defaults, on the same pairs and model, in one run.
 
-    python bench/training.py --run runs/cpu [--profile cpu] [--stage 1] [--repeat 2] [--pairs 16]
-    [--curriculum FILE]
-    python bench/training.py --run runs/cpu --profile gpu --random-layers 16 --pairs 512   # on a
-    GPU: bench/gpu_check.sh
+    python bench/training.py --run runs/cpu [--profile cpu] [--stage 1] [--repeat 2]
+        [--pairs 16] [--curriculum FILE]
+    python bench/training.py --run runs/cpu --profile gpu --random-layers 16 --pairs 512
+        # on a GPU: bench/gpu_check.sh
 
 Ours: `cai.training.train.train_adapter` with the profile's training settings. Plain: TRL's
 `DPOTrainer` with `DPOConfig`'s defaults, given what it needs to run here (the output

@@ -139,6 +139,9 @@ class Counts(Strict):
     critiques: int | None = Field(None, ge=0)
     # requests each of the stage's principles answers under its two instructions (the contrast step)
     contrasts: int = Field(8, ge=0)
+    # ... each answered at most this many times, both sides, while its check separates no pair of
+    # its samples that the quality filters pass (best-of-n on the principle's own signal)
+    contrast_samples: int = Field(1, ge=1)
     # respond stops once the answers hold this many filtered best-of-n pairs
     target_pairs: int | None = Field(None, ge=1)
     # ... checking after every this many tasks (None target: every task is answered)
@@ -176,6 +179,9 @@ class SuiteSettings(Strict):
     where the run's verdict is read; the gate and the settings never read it."""
 
     run: list[Literal[SUITES]] = list(SUITES)
+    # A dev suite's own cap on new tokens, where it is not `generation.evaluate`'s: a refusal shows in
+    # an answer's first sentence, as HarmBench's generation caps it
+    run_max_tokens: dict[Literal[SUITES], int] = {}
     test: list[Literal[BENCHMARKS]] = list(BENCHMARKS)
     # the first this many of each benchmark (None: all of them)
     test_items: int | None = Field(None, ge=1)

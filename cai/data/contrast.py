@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import programs
 from cai.config.constitution import Principle
+from cai.config.settings import PairFilters
 from cai.data.constraints import keeps
+from cai.data.filters import filter_reason
 from cai.data.refusal import propositions
 from cai.data.requests import stage_requests
 from cai.data.verdicts import judge_preference
@@ -154,6 +156,72 @@ def separates(
 # short and not about the request's topic by design; a shorter answer is the point of the words
 # check.
 FILTERS_SPARED = {"refusal": ("relevance", "relevance_margin", "length"), "words": ("length",)}
+
+
+def no_verdicts(record_id: str) -> tuple[None, None]:
+    return None, None
+
+
+SIDES = ("positive", "negative")
+
+
+def contrast_groups(records) -> list[list[dict]]:
+    """The contrast records by request and principle, each group's samples in order (the first
+    sample's record has no `sample`)."""
+    groups: dict[tuple, list[dict]] = {}
+    for rec in records:
+        groups.setdefault((rec["request_id"], rec["principle_id"]), []).append(rec)
+    return [sorted(g, key=lambda r: r.get("sample", 0)) for g in groups.values()]
+
+
+def gap(p: Principle, q_positive: dict, q_negative: dict) -> float:
+    """How far apart two sides stand in the check's direction (0 for a yes-or-no check)."""
+    signal = p.check.signal
+    if signal == "words":
+        return q_negative["words"] - q_positive["words"]
+    if signal in ("relevance", "repetition"):
+        ahead = q_positive[signal] - q_negative[signal]
+        return ahead if signal == "relevance" else -ahead
+    return 0.0
+
+
+def best_sides(
+    p: Principle,
+    samples: list[dict],
+    quality: dict,
+    judged,
+    judge_margin: float = 0.0,
+    filters: PairFilters = PairFilters(enabled=False),
+    passing_only: bool = False,
+) -> tuple[dict, dict, dict] | None:
+    """(positive record, negative record, signals): of every positive answer against every negative
+    one among a request's samples, the pair the principle's check separates with the widest gap in
+    its direction, those the quality filters pass first (`passing_only`: only those); None where no
+    pair separates. `judged(id)`: the judge's two verdicts on a sample's own pair (a judge check
+    reads no other)."""
+    spared = FILTERS_SPARED.get(p.check.signal, ())
+    found = []
+    for pos in samples:
+        for neg in samples:
+            if p.check.signal == "judge" and pos is not neg:
+                continue
+            q = quality.get(f"{pos['id']}:positive"), quality.get(f"{neg['id']}:negative")
+            ok, signals = separates(
+                p, {**pos, "negative": neg["negative"]}, *q, judged(pos["id"]), judge_margin
+            )
+            if ok:
+                passes = (
+                    filter_reason(
+                        *q, (pos.get("constraint") or {}).get("instruction_id"), filters, spared
+                    )
+                    is None
+                )
+                found.append((passes, gap(p, *q) if None not in q else 0.0, pos, neg, signals))
+    found = [f for f in found if f[0] or not passing_only]
+    if not found:
+        return None
+    _, _, pos, neg, signals = max(found, key=lambda f: (f[0], f[1]))  # ties: the first in order
+    return pos, neg, signals
 
 
 def judge_jobs(contrasts, principles: list[Principle]) -> list[Job]:

@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 
 from cai.config.settings import PAIR_SOURCES, PairFilters
 from cai.data.constraints import keeps
-from cai.data.contrast import FILTERS_SPARED, separates
+from cai.data.contrast import FILTERS_SPARED, best_sides, contrast_groups
 from cai.data.filters import best_of_n_sides, filter_reason
 from cai.data.quality import signals as quality_signals
 from cai.data.verdicts import checker_verdict, judge_preference, verdict_margin
@@ -76,47 +76,53 @@ def build_pairs(
     for r in revisions:
         revisions_of[r["task_id"]].append(r)
     by_id = {r["id"]: r for r in (*responses, *critiques, *judgments)}
-    for rec in contrasts if "contrast" in sources else ():
-        p = (principles or {}).get(rec["principle_id"])
-        if p is None or p.check is None or not rec["ok"]:
-            counts[f"contrast_{rec['principle_id']}_unusable"] += 1
+    for samples in contrast_groups(contrasts if "contrast" in sources else ()):
+        first = samples[0]  # the request's first sample: the pair is named after it
+        p = (principles or {}).get(first["principle_id"])
+        usable = [r for r in samples if r["ok"]]
+        if p is None or p.check is None or not usable:
+            counts[f"contrast_{first['principle_id']}_unusable"] += 1
             continue
-        judged = (by_id.get(f"{rec['id']}-ab"), by_id.get(f"{rec['id']}-ba"))
-        sides = quality.get(f"{rec['id']}:positive"), quality.get(f"{rec['id']}:negative")
-        ok, signals = separates(p, rec, *sides, judged, judge_margin)
-        if not ok:
+
+        def judged(rid):
+            return by_id.get(f"{rid}-ab"), by_id.get(f"{rid}-ba")
+
+        found = best_sides(p, usable, quality, judged, judge_margin, filters)
+        if found is None:
             counts[f"contrast_{p.id}_not_separated"] += 1
             continue
+        positive, negative, signals = found
         request = {
-            "id": rec["request_id"],
-            "source": rec["requests"],
-            "constraint": rec.get("constraint"),
-            "prompt": rec["request"],
+            "id": first["request_id"],
+            "source": first["requests"],
+            "constraint": first.get("constraint"),
+            "prompt": first["request"],
         }
         sides = [
             {"id": f"{rec['id']}:{side}", "model": rec.get("model"), "program": rec.get("program")}
-            for side in ("positive", "negative")
+            for rec, side in ((positive, "positive"), (negative, "negative"))
         ]
         candidates.append(
             _pair(
-                f"{rec['id']}-pair",
+                f"{first['id']}-pair",
                 stage,
                 request,
                 "contrast",
                 p.check.signal,
                 *sides,
-                (rec["positive"], rec["negative"]),
+                (positive["positive"], negative["negative"]),
                 (signals["chosen"]["keeps_rule"], signals["rejected"]["keeps_rule"]),
                 principle_id=p.id,
-                prompt=rec["pair_prompt"],
+                prompt=first["pair_prompt"],
                 quality=quality,
                 contrast={
-                    "requests": rec["requests"],
+                    "requests": first["requests"],
                     "positive": p.contrast.positive,
                     "negative": p.contrast.negative,
                     "signal": p.check.signal,
                     "at_most": p.check.at_most,
                     "margin": p.check.margin,
+                    "samples": len(usable),
                     **signals,
                 },
             )

@@ -184,18 +184,22 @@ class Batch:
 
 def batches(st, which: str, n: int) -> list[Batch]:
     """What stage n's evaluation answers: the dev suites (`final_eval_items` at stages 0 and 6, else
-    `eval_items`), or the test set, one call a benchmark (each has its own cap)."""
+    `eval_items`), one call for the suites that share a cap, or the test set, one call a benchmark
+    (each has its own cap)."""
     if which == "dev":
         items = (
             st.counts.final_eval_items
             if n in (0, 6) and st.counts.final_eval_items
             else st.counts.eval_items
         )
-        return (
-            [Batch(tuple(st.suites.run), items, st.generation.evaluate.max_tokens)]
-            if st.suites.run
-            else []
-        )
+        cap_of = {
+            s: st.suites.run_max_tokens.get(s, st.generation.evaluate.max_tokens)
+            for s in st.suites.run
+        }
+        caps = sorted(set(cap_of.values()), reverse=True)
+        return [
+            Batch(tuple(s for s in st.suites.run if cap_of[s] == cap), items, cap) for cap in caps
+        ]
     return [
         Batch((name,), st.suites.test_items, st.suites.test_max_tokens[name])
         for name in st.suites.test

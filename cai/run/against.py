@@ -1,10 +1,13 @@
 """A rerun beside the run it came from: the report's "Against" section, this run's scores minus
-the original's at the stage it reran, paired item by item, and the pairs by principle."""
+the original's at the stage it reran, paired item by item, the pairs by principle, and each
+principle the rerun added, dropped or changed beside the measure its check reads."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+from cai.config.constitution import Constitution
+from cai.data.contrast_yield import check_text
 from cai.measuring.intervals import difference
 from cai.measuring.verdict import TEST, read_json as _read_json
 from cai.store import Run
@@ -59,4 +62,62 @@ def side_by_side(run: Run, original: Run, origin: dict, names: list[str]) -> lis
     ]
     for principle in sorted(set(made[0]) | set(made[1])):
         lines.append(f"| pairs: {principle} | {made[0][principle]} | {made[1][principle]} | |")
-    return lines + [""]
+    return lines + [""] + changed_principles(run, original, n, made)
+
+
+# The dev score each check's signal moves, and which way the principle moves it
+CHECK_MEASURE = {
+    "words": "length_words",
+    "refusal": "harmlessness_refusal",
+    "compliance": "over_refusal",
+    "rule": "instruction_following",
+    "relevance": "relevance",
+    "repetition": "repetition",
+    "boilerplate": "boilerplate",
+}
+
+
+def changed_principles(run: Run, original: Run, n: int, made: list[Counter]) -> list[str]:
+    """Each principle of stage n the rerun added, dropped or changed: the pairs it made in each run
+    and the paired difference of the dev score its check reads (this run minus the original)."""
+    ours, theirs = (
+        {
+            p.id: p
+            for p in Constitution.model_validate(r.manifest["snapshot"]["constitution"]).for_stage(
+                n
+            )
+        }
+        for r in (run, original)
+    )
+    rows = []
+    for pid in sorted(set(ours) | set(theirs)):
+        p, q = ours.get(pid), theirs.get(pid)
+        if p == q:
+            continue
+        how = "added" if q is None else "dropped" if p is None else "changed"
+        check = (p or q).check
+        measure = CHECK_MEASURE.get(check.signal) if check else None
+        moved = "-"
+        scores = [_read_json(r.stage_dir(n) / "eval.json") for r in (run, original)]
+        if measure and all(measure in s for s in scores):
+            diff, kind = difference(
+                measure, (run, n), (original, n), (scores[0][measure], scores[1][measure])
+            )
+            moved = (
+                f"{measure} {diff['score']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] ({kind})"
+            )
+        rows.append(
+            f"| {how}: {pid} | {check_text(p or q) if check else 'no check'} | {made[0][pid]} | "
+            f"{made[1][pid]} | {moved} |"
+        )
+    if not rows:
+        return []
+    return [
+        "What each principle the rerun added, dropped or changed made, and the dev score its check "
+        "reads, this run minus the original, paired:",
+        "",
+        "| principle | check | pairs (this run) | pairs (original) | its measure moved |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]

@@ -90,13 +90,16 @@ def stage_work(
         if (evaluate_only or st.number == 6) and c.final_eval_items
         else c.eval_items
     )
-    eval_items = sum(min(items, sizes.get(s, items)) for s in st.suites.run)
+    answered = {s: min(items, sizes.get(s, items)) for s in st.suites.run}
+    eval_items = sum(answered.values())
+    caps = {s: st.suites.run_max_tokens.get(s, g.evaluate.max_tokens) for s in answered}
     win_rate = (
         2 * 2 * min(items, sizes.get("helpfulness", 0)) if "helpfulness" in st.suites.run else 0
     )
     work = {
         "evaluate": {
-            "generated": eval_items * g.evaluate.max_tokens + win_rate * g.judge.max_tokens,
+            "generated": sum(answered[s] * caps[s] for s in answered)
+            + win_rate * g.judge.max_tokens,
             "prompt": (eval_items + win_rate) * PROMPT_TOKENS["evaluate"],
         }
     }

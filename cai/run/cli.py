@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cai import ROOT
 from cai.config.settings import ConfigError
-from cai.run import budget, commands
+from cai.run import budget, commands, dry_run
 from cai.serving.lm import RequestFailed
 from cai.serving.model import ModelError
 from cai.serving.server import ServerError
@@ -66,6 +66,7 @@ COMMANDS = {
     "prompts": commands.prompts,
     "verify": commands.verify,
     "plan": commands.plan,
+    "principles": dry_run.principles,
 }
 
 

@@ -5,8 +5,8 @@ and plan, which reads only the config (and a run, for measured throughputs).
     python bootstrap.py report  --run NAME
     python bootstrap.py export  --run NAME [--out DIR]
     python bootstrap.py verify  --run NAME
-    python bootstrap.py plan    [--profile gpu] [--run NAME] [--gpu-price-per-hour P] [--gpus N
-    --nodes M --gpu KIND]
+    python bootstrap.py plan    [--profile gpu] [--run NAME] [--gpu-price-per-hour P]
+        [--gpus N --nodes M --gpu KIND]
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ def by_principle(run: Run, data: dict, stage_info: dict, trained: list[int]) -> 
                 else 0
             )
             why = counts.get("contrast", {}).get(f"{principle}_makes_none", "")
+            why = why or pair_counts.get(f"{principle}_made_none", "")  # with its figures
             if not why and asked[principle] and not kept:
                 why = (
                     "its check separated none of the two answers"

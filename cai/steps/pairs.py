@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cai.config.curriculum import StageConfig
-from cai.data import quality
+from cai.data import contrast_yield, quality
 from cai.data.pairs import build_pairs
 from cai.store import write_jsonl_atomic
 
@@ -16,7 +16,18 @@ def make_pairs(ctx, st: StageConfig, tasks: list[dict]) -> dict:
     write_jsonl_atomic(ctx.run.stage_dir(st.number) / "safety.jsonl", unsafe)
     write_jsonl_atomic(ctx.run.stage_dir(st.number) / "pairs.jsonl", pairs)
     sources, trust = ctx.trusted(st)
-    return {**counts, "sources": sources, **trust}
+    found = contrast_yield.yields(
+        list(ctx.run.records(st.number, "contrasts")),
+        ctx.constitution.for_stage(st.number),
+        quality.by_id(ctx.run.read(st.number, "quality")),
+        st.pair_filters,
+    )
+    none = {
+        f"{pid}_made_none": contrast_yield.why_no_pair(f)
+        for pid, f in found.items()
+        if not counts.get(f"contrast_{pid}_kept")
+    }
+    return {**counts, "sources": sources, **trust, "yields": found, **none}
 
 
 def stage_pairs(ctx, st: StageConfig, tasks: list[dict], guard_records: list[dict] | None):
