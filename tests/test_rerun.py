@@ -320,3 +320,14 @@ def test_a_profile_that_differs_only_in_stage_settings_reruns_the_stage(original
         and origin["changed"] == ["curriculum: pair_filters"]
         and origin["first_step"] == "guard"
     )
+
+
+def test_the_shipped_constitutions_are_constitution_yaml_plus_their_added_principle():
+    from cai.config.constitution import load_constitution
+
+    base, _ = load_constitution(ROOT / "constitution.yaml")
+    for path in sorted((ROOT / "constitutions").glob("*.yaml")):
+        con, _ = load_constitution(path)
+        kept = [p for p in con.principles if p.id in {q.id for q in base.principles}]
+        assert kept == base.principles, path.name  # word for word: the rerun measures one change
+        assert len(con.principles) == len(base.principles) + 1, path.name
