@@ -377,3 +377,71 @@ def test_one_chosen_text_is_kept_for_at_most_max_same_chosen_pairs_a_stage():
         principles={p.id: p},
     )
     assert len(pairs) == 4 and counts["dropped_filter_same_chosen"] == 2
+
+
+def test_a_request_is_answered_again_until_its_check_separates_and_the_widest_pair_is_kept():
+    from types import SimpleNamespace
+
+    from cai.data import contrast_yield, quality
+    from cai.serving.lm import Job
+    from cai.store import Records
+
+    p = principle("words", margin=0.3)
+    long = "word " * 30
+    # sample 0: both long; sample 1: the positive short (8 words); sample 2 never asked
+    replies = {0: ("word " * 28, long), 1: ("word " * 8, long), 2: ("word " * 2, long)}
+    asked = []
+
+    def call(job, seed):
+        k = job.meta.get("sample", 0)
+        asked.append(job.id)
+        pos, neg = replies[k]
+        return {
+            "ok": True,
+            "positive": pos,
+            "negative": neg,
+            "tokens": {"prompt": 1, "completion": 1},
+        }
+
+    meta = {"principle_id": p.id, "requests": "tasks", "request_id": "t0", "request": "Name words."}
+    jobs = [Job("t0-x-p-words", {"request": "Name words."}, {**meta, "pair_prompt": []})]
+    st = SimpleNamespace(
+        counts=SimpleNamespace(contrast_samples=3), pair_filters=PairFilters(enabled=False)
+    )
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Records(Path(tmp) / "contrasts.jsonl")
+        embedder = quality.embedder(quality.EMBEDDED_EMBEDDER)
+        stats = contrast_yield.answer(jobs, call, out, [p], st, embedder, 1, 0, "stage1")
+        records = list(out)
+    assert asked == ["t0-x-p-words", "t0-x-p-words-s1"]  # separated at the second sample
+    assert stats["sample_1_requests"] == 1 and stats["sample_2_requests"] == 1
+    assert stats["sample_3_requests"] == 0
+    measured = quality.by_id(quality.measure([], [], [], records, embedder))
+    pairs, counts, _ = build_pairs(1, [], [], [], [], [], quality=measured, contrasts=records,
+                                   principles={p.id: p})  # fmt: skip
+    assert len(pairs) == 1 and pairs[0]["chosen"][0]["content"] == "word " * 8
+    assert pairs[0]["provenance"]["contrast"]["samples"] == 2
+    found = contrast_yield.yields(records, [p], measured, PairFilters(enabled=False))
+    assert found[p.id]["requests"] == 1 and found[p.id]["separated"] == 1
+    assert found[p.id]["positive"]["words"] == 18 and found[p.id]["negative"]["words"] == 30
+
+
+def test_a_principle_that_makes_no_pair_says_why_with_its_figures():
+    from cai.data import contrast_yield
+
+    p = principle("words", at_most=40)
+    recs = [
+        contrast_record(f"t{i}-x-p", p.id, "tasks", "word " * 24, "word " * 26) for i in range(4)
+    ]
+    q = {
+        f"{r['id']}:{s}": signals(words=24 if s == "positive" else 26)
+        for r in recs
+        for s in ("positive", "negative")
+    }
+    found = contrast_yield.yields(recs, [p], q, PairFilters())
+    why = contrast_yield.why_no_pair(found[p.id])
+    assert why.startswith("its check (words at most 40) separated none of 4 requests, 4 samples")
+    assert "positive 24 words" in why and "negative 26 words" in why
