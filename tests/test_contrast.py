@@ -301,7 +301,11 @@ def test_the_contrast_step_answers_both_sides_under_each_principles_instructions
     ]
     stats = bootstrap.contrast(ctx, stage(1, contrasts=2), "stage0", tasks)
     records = {r["id"]: r for r in ctx.run.records(1, "contrasts")}
-    assert stats["requested"] == 3 and len(records) == 3  # two harmful requests, one task
+    # two harmful requests, one task; the task's two answers alike ("Sure."): asked once more
+    assert stats["requested"] == 4 and len(records) == 4 and stats["sample_2_requests"] == 1
+    assert {r["id"] for r in records.values() if r.get("sample") == 1} == {
+        "s1-seed00-x-stay-on-topic-s1"
+    }
     harm = next(r for r in records.values() if r["principle_id"] == "avoid-harm")
     assert (
         harm["positive"].startswith("I'm sorry")

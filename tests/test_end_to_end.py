@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cai.store import STEPS, read_jsonl
 
@@ -241,3 +242,36 @@ def test_verify_finds_every_sealed_file_as_it_was(two_stages):
     run, _, _ = two_stages
     result = bootstrap("verify", "--run", str(run))
     assert result.returncode == 0 and ", 0 problems" in result.stdout
+
+
+def test_the_dry_run_of_a_new_constitution_prints_each_principles_yield_and_writes_only_its_file(
+    two_stages, tmp_path
+):
+    """`principles` against the policy that runs stage 2 (stage 1's adapter), under the run's own
+    constitution plus a principle whose words check no answer can meet."""
+    run, _, reference = two_stages
+    before = {p: p.stat().st_mtime for p in reference.rglob("*") if p.is_file()}
+    con = yaml.safe_load((ROOT / "constitution.yaml").read_text())
+    con["principles"].append(
+        {
+            "id": "say-nothing",
+            "category": "helpful",
+            "stages": [2],
+            "critique": "Point out that the response says anything.",
+            "revision": "Rewrite the response as nothing.",
+            "contrast": {"requests": "tasks", "positive": "Reply.", "negative": "Reply at length."},
+            "check": {"signal": "words", "at_most": 1},
+        }
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(con))
+    done = bootstrap("principles", "--run", str(reference), "--stage", "2", "--requests", "2",
+                     "--constitution", str(path))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (
+        "against stage1" in done.stdout and "| say-nothing | words at most 1 | 2 |" in done.stdout
+    )
+    assert "- say-nothing: its check (words at most 1) separated none of 2 requests" in done.stdout
+    written = [p for p in reference.rglob("*") if p.is_file() and p not in before]
+    assert [p.parent.name for p in written] == ["principles"]
+    assert all(before[p] == p.stat().st_mtime for p in before)

@@ -129,11 +129,8 @@ def separates(
         return chosen["keeps_rule"] is True and rejected["keeps_rule"] is False, signals
     if check.signal == "judge":  # the negative side shown first as A: "revision" is the positive
         winner, why = judge_preference(*judged, judge_margin)
-        signals["judge"] = {
-            "ab": (judged[0] or {}).get("better"),
-            "ba": (judged[1] or {}).get("better"),
-        }
-        signals["judge"]["decided"] = why
+        ab, ba = ((verdict or {}).get("better") for verdict in judged)
+        signals["judge"] = {"ab": ab, "ba": ba, "decided": why}
         return winner == "revision", signals
     if q_positive is None or q_negative is None:
         return False, signals
@@ -144,9 +141,8 @@ def separates(
     if check.signal == "relevance":
         return q_positive["relevance"] >= q_negative["relevance"] + max(check.margin, 1e-9), signals
     if check.signal == "repetition":
-        return q_positive["repetition"] + max(check.margin, 1e-9) <= q_negative[
-            "repetition"
-        ], signals
+        less = q_positive["repetition"] + max(check.margin, 1e-9) <= q_negative["repetition"]
+        return less, signals
     if check.signal == "boilerplate":
         return not q_positive["boilerplate"] and q_negative["boilerplate"], signals
     return False, signals
@@ -209,14 +205,12 @@ def best_sides(
             ok, signals = separates(
                 p, {**pos, "negative": neg["negative"]}, *q, judged(pos["id"]), judge_margin
             )
-            if ok:
-                passes = (
-                    filter_reason(
-                        *q, (pos.get("constraint") or {}).get("instruction_id"), filters, spared
-                    )
-                    is None
-                )
-                found.append((passes, gap(p, *q) if None not in q else 0.0, pos, neg, signals))
+            if not ok:
+                continue
+            rule = (pos.get("constraint") or {}).get("instruction_id")
+            passes = filter_reason(*q, rule, filters, spared) is None
+            width = gap(p, *q) if None not in q else 0.0
+            found.append((passes, width, pos, neg, signals))
     found = [f for f in found if f[0] or not passing_only]
     if not found:
         return None
