@@ -184,3 +184,12 @@ def test_cpu_unfiltered_is_cpu_without_the_filters():
         off["pair_filters"]["enabled"] is False
         and resolve_stage(cur, cur.profiles["cpu-unfiltered"], 1).pair_filters.enabled is False
     )
+
+
+def test_cpu_dev_is_cpu_without_the_test_set():
+    cur, _ = load_curriculum(ROOT / "curriculum.yaml")
+    for n in range(1, 7):
+        cpu = resolve_stage(cur, cur.profiles["cpu"], n).model_dump()
+        dev = resolve_stage(cur, cur.profiles["cpu-dev"], n).model_dump()
+        assert cpu["suites"].pop("test") and dev["suites"].pop("test") == []
+        assert cpu == dev

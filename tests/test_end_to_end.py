@@ -139,9 +139,9 @@ def test_every_step_of_both_stages_is_done(two_stages):
             and test["ifeval_prompt_strict"]["n"] == 4
             and test["harmbench_refusal"]["n"] == 4
         )
-        assert set(test["caps"]) == {"ifeval", "harmbench", "rho_overrefusal"} and test["model"] == (
-            "stage0" if n == 0 else "stage2"
-        )
+        assert set(test["caps"]) == {"ifeval", "harmbench", "rho_overrefusal"} and test[
+            "model"
+        ] == ("stage0" if n == 0 else "stage2")
     assert manifest["config"]["seed"] == 0 and "trl" in manifest["versions"]
 
 
@@ -259,7 +259,11 @@ def test_the_dry_run_of_a_new_constitution_prints_each_principles_yield_and_writ
             "stages": [2],
             "critique": "Point out that the response says anything.",
             "revision": "Rewrite the response as nothing.",
-            "contrast": {"requests": "tasks", "positive": "Reply in one short sentence.", "negative": "Reply at great length, in many paragraphs."},
+            "contrast": {
+                "requests": "tasks",
+                "positive": "Reply in one short sentence.",
+                "negative": "Reply at great length, in many paragraphs.",
+            },
             "check": {"signal": "words", "at_most": 1},
         }
     )

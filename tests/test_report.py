@@ -261,3 +261,24 @@ def test_the_verdict_reads_the_test_set_paired_and_labels_the_dev_set_apart(tmp_
         ]
         == "done"
     )
+
+
+def test_a_profile_without_a_test_set_has_no_verdict_on_it(tmp_path):
+    """`cpu-dev` runs no benchmark: its test step writes a test.json with no score in it, and the
+    report says there is no verdict rather than that nothing moved."""
+    from cai.run.report import write_report
+
+    run = fixture_run(tmp_path)
+    for n in (0, 2):
+        write_json_atomic(run.stage_dir(n) / "test.json", {"model": f"stage{n}", "set": "test"})
+        write_json_atomic(
+            run.stage_dir(n) / "eval.json",
+            {"model": f"stage{n}", "set": "dev", "instruction_following": score(0.3)},
+        )
+    run.stage(2)["steps"]["test"] = {"status": "done"}
+    run.stage(1).update(promoted=True)
+    run.stage(2).update(promoted=True)
+    run.save()
+    report = write_report(run).read_text()
+    assert "**Test set**: not evaluated" in report and "On the test set" not in report
+    assert "On the dev set, **shows no change**" in report

@@ -140,7 +140,8 @@ def verdict(run: Run, promoted: list[int]) -> list[str]:
     base_test = read_json(run.stage_dir(0) / "test.json")
     head = ["| score | stage 0 | final | difference | reads |", "| --- | --- | --- | --- | --- |"]
     verdicts = []
-    if test and base_test and tested is not None:
+    scored = bool(test and base_test) and any(s in test and s in base_test for s in TEST)
+    if scored and tested is not None:
         rows, better, worse = compare(run, tested, 0, test, base_test, TEST, floor)
         items = {s: v["n"] for s, v in base_test.get("caps", {}).items()}
         lines += [
@@ -159,8 +160,8 @@ def verdict(run: Run, promoted: list[int]) -> list[str]:
         lines += [caps_line(base_test, test), ""]
     else:
         lines += [
-            "**Test set**: not evaluated (no `test` step has run for the base and the final "
-            "policy): there is no verdict yet.",
+            "**Test set**: not evaluated (no `test` step has scored the base and the final "
+            "policy, or the profile's `suites.test` is empty): there is no verdict yet.",
             "",
         ]
     dev_base, dev_final = (
