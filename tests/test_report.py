@@ -184,12 +184,21 @@ def test_the_verdict_counts_a_change_only_beyond_both_intervals():
     )
 
 
+def report_of_stage_two(run: Run) -> str:
+    """The report with stages 1 and 2 promoted and the test set run beside stage 2."""
+    from cai.run.report import write_report
+
+    run.stage(2)["steps"]["test"] = {"status": "done"}
+    run.stage(1).update(promoted=True)
+    run.stage(2).update(promoted=True)
+    run.save()
+    return write_report(run).read_text()
+
+
 def test_the_verdict_reads_the_test_set_paired_and_labels_the_dev_set_apart(tmp_path):
     """IFEval and HarmBench at the base and the final policy, item by item; the dev set beside them,
     labelled; the plots a page wide, each stage beside the base on the same items."""
     import json
-
-    from cai.run.report import write_report
 
     run = fixture_run(tmp_path)
     for n, kept in ((0, range(150)), (2, range(200))):
@@ -231,11 +240,7 @@ def test_the_verdict_reads_the_test_set_paired_and_labels_the_dev_set_apart(tmp_
             run.stage_dir(n) / "eval.json",
             {"model": f"stage{n}", "set": "dev", "instruction_following": score(0.3)},
         )
-    run.stage(2)["steps"]["test"] = {"status": "done"}
-    run.stage(1).update(promoted=True)
-    run.stage(2).update(promoted=True)
-    run.save()
-    report = write_report(run).read_text()
+    report = report_of_stage_two(run)
     assert (
         "**Test set** (the verdict): IFEval (541 prompts" in report
         and "against `stage2` (the final policy)" in report
@@ -266,7 +271,6 @@ def test_the_verdict_reads_the_test_set_paired_and_labels_the_dev_set_apart(tmp_
 def test_a_profile_without_a_test_set_has_no_verdict_on_it(tmp_path):
     """`cpu-dev` runs no benchmark: its test step writes a test.json with no score in it, and the
     report says there is no verdict rather than that nothing moved."""
-    from cai.run.report import write_report
 
     run = fixture_run(tmp_path)
     for n in (0, 2):
@@ -275,10 +279,6 @@ def test_a_profile_without_a_test_set_has_no_verdict_on_it(tmp_path):
             run.stage_dir(n) / "eval.json",
             {"model": f"stage{n}", "set": "dev", "instruction_following": score(0.3)},
         )
-    run.stage(2)["steps"]["test"] = {"status": "done"}
-    run.stage(1).update(promoted=True)
-    run.stage(2).update(promoted=True)
-    run.save()
-    report = write_report(run).read_text()
+    report = report_of_stage_two(run)
     assert "**Test set**: not evaluated" in report and "On the test set" not in report
     assert "On the dev set, **shows no change**" in report
