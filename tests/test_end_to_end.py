@@ -267,7 +267,7 @@ def test_the_dry_run_of_a_new_constitution_prints_each_principles_yield_and_writ
                 "negative": "Reply at great length, in many paragraphs.",
             },
             "check": {"signal": "words", "at_most": 1},
-        }
+        },
     )
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(con))
@@ -276,7 +276,9 @@ def test_the_dry_run_of_a_new_constitution_prints_each_principles_yield_and_writ
     assert done.returncode == 0, done.stderr[-3000:]
     assert "against stage1" in done.stdout, done.stdout
     # every k-th of the stage's tasks, k the principles on tasks: 1 where it proposed k or fewer
-    row = re.search(r"\| say-nothing \| words at most 1 \| ([12]) \| (\d+) \| 0 \| 0 \|", done.stdout)
+    row = re.search(
+        r"\| say-nothing \| words at most 1 \| ([12]) \| (\d+) \| 0 \| 0 \|", done.stdout
+    )
     assert row, done.stdout
     why = f"- say-nothing: its check (words at most 1) separated none of {row[1]} requests"
     assert why in done.stdout, done.stdout
