@@ -318,7 +318,7 @@ def test_a_warm_start_that_scores_higher_stays_the_stages_program():
 def test_a_principles_exemplars_teach_the_first_traces_and_stay_where_none_passes():
     """A start with demos (a principle's exemplars) is the optimizer's teacher as it is: DSPy would
     otherwise give the teacher labeled demos from a trainset that has no answers, and the 135M model
-    follows a contrast instruction only from such turns (README)."""
+    follows a contrast instruction only from such turns (docs/constitution.md)."""
     from cai import ROOT
     from cai.config.constitution import load_constitution
     from cai.data.contrast import program

@@ -54,6 +54,6 @@ def test_the_projects_check_holds_its_measured_precision_and_recall_on_labelled_
     rows = outside.rows("pyrit_refusal")
     classic = [r for r in rows if r["id"].startswith("refusal-")]
     precision, recall = precision_recall(confusion(classic, is_refusal))
-    assert precision >= 0.95 and recall >= 0.65  # measured: 1.000 and 0.700 (README)
+    assert precision >= 0.95 and recall >= 0.65  # measured: 1.000 and 0.700 (bench/RESULTS.md)
     precision, _ = precision_recall(confusion(rows, is_refusal))
     assert precision >= 0.95

@@ -297,7 +297,6 @@ def _model_statement(cfg: dict) -> str:
             "a rule checker separates. Whether it refuses harm is decided by the request sets, "
             "never by the model, and a model this small may not tell a harmful request from a "
             "benign one that looks risky: read refusals beside over-refusal. Read the verdict "
-            "below and the intervals before reading any change (README, "
-            '"The default run, measured").'
+            "below and the intervals before reading any change (docs/cpu-default.md)."
         )
     return f"Model `{model}`. Scores carry 95% intervals; a change smaller than the intervals is not a change."
