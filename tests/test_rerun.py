@@ -331,3 +331,11 @@ def test_the_shipped_constitutions_are_constitution_yaml_plus_their_added_princi
         kept = [p for p in con.principles if p.id in {q.id for q in base.principles}]
         assert kept == base.principles, path.name  # word for word: the rerun measures one change
         assert len(con.principles) == len(base.principles) + 1, path.name
+
+
+def test_a_rerun_or_resume_keeps_the_profile_its_run_was_made_with(tmp_path):
+    made = tmp_path / "dev"
+    write_json_atomic(made / "manifest.json", {"config": {"profile": "cpu-dev"}})
+    assert launch.profile_name(None, str(made)) == "cpu-dev"
+    assert launch.profile_name("tiny", str(made)) == "tiny"
+    assert launch.profile_name(None, str(tmp_path / "new")) in ("cpu", "gpu")

@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     p.add_argument("--curriculum", type=Path, default=ROOT / "curriculum.yaml", help="stages file")
     p.add_argument(
         "--profile",
-        help="a profile of curriculum.yaml (default: gpu where CUDA is present, else cpu)",
+        help="a profile of curriculum.yaml (default: the one the run named by --run was made "
+        "with; for a new run, gpu where CUDA is present, else cpu)",
     )
     p.add_argument("--seed", type=int, help="run seed (default: curriculum.yaml's seed)")
     p.add_argument(

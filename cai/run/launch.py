@@ -185,13 +185,20 @@ class Launch:
     settings: Settings
 
 
+def profile_name(flag: str | None, run: str | None) -> str:
+    """--profile; else the profile the run named by --run was made with, so a resume or a rerun
+    keeps it; else gpu where CUDA is present, else cpu."""
+    made = Run(commands.run_folder(run)).manifest if run else None
+    return flag or (made["config"]["profile"] if made else "gpu" if gpu_count() else "cpu")
+
+
 def prepare(args: argparse.Namespace) -> Launch | None:
     """Check the config and the flags, open (or resume, or derive) the run folder; None where
     there is nothing to do (said on stdout)."""
     constitution, constitution_sha = load_constitution(args.constitution)
     curriculum, curriculum_sha = load_curriculum(args.curriculum)
     check_together(constitution, curriculum, args.constitution)
-    name = args.profile or ("gpu" if gpu_count() else "cpu")
+    name = profile_name(args.profile, args.run)
     if name not in curriculum.profiles:
         raise ConfigError(
             f"--profile: {name!r} is not in {args.curriculum} (profiles: "
