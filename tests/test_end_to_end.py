@@ -140,9 +140,8 @@ def test_every_step_of_both_stages_is_done(two_stages):
             and test["ifeval_prompt_strict"]["n"] == 4
             and test["harmbench_refusal"]["n"] == 4
         )
-        assert set(test["caps"]) == {"ifeval", "harmbench", "rho_overrefusal"} and test[
-            "model"
-        ] == ("stage0" if n == 0 else "stage2")
+        assert set(test["caps"]) == {"ifeval", "harmbench", "rho_overrefusal"}
+        assert test["model"] == ("stage0" if n == 0 else "stage2")
     assert manifest["config"]["seed"] == 0 and "trl" in manifest["versions"]
 
 
