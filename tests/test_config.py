@@ -117,6 +117,10 @@ def test_bad_curriculum_names_the_field(tmp_path, mutate, expected):
         (lambda d: d["principles"][0].update(stages=[]), "principles.0.stages"),
         (lambda d: d["principles"][0].update(category="nice"), "principles.0.category"),
         (lambda d: d["principles"][0].pop("revision"), "principles.0.revision: Field required"),
+        (  # its exemplar's negative answer would never be shown
+            lambda d: d["principles"][0]["contrast"].pop("negative"),
+            "principles.0.contrast: an exemplar's negative answer is never shown",
+        ),
     ],
 )
 def test_bad_constitution_names_the_field(tmp_path, mutate, expected):

@@ -116,7 +116,7 @@ def test_the_check_separates_the_two_sides_in_the_principles_direction(
     assert contrast.separates(p, record, q_pos, q_neg)[0] is separated
 
 
-def test_each_principle_answers_its_own_requests_and_says_why_not_where_it_cannot():
+def test_each_principle_draws_its_own_requests_and_says_why_not_where_it_cannot():
     con, _ = load_constitution(ROOT / "constitution.yaml")
     tasks = [
         {
@@ -144,9 +144,17 @@ def test_each_principle_answers_its_own_requests_and_says_why_not_where_it_canno
         for p in con.for_stage(2)
         if p.contrast and p.contrast.requests == "tasks" and p.check.signal != "judge"
     ]
-    assert all(len(by[pid]) == 3 for pid in on_tasks) and len(
-        {j.meta["request_id"] for pid in on_tasks for j in by[pid]}
-    ) == 3 * len(on_tasks)
+    assert len(on_tasks) >= 2 and all(len(by[pid]) == 3 for pid in on_tasks)
+    drawn = {pid: [j.meta["request_id"] for j in by[pid]] for pid in on_tasks}
+    assert len({tuple(ids) for ids in drawn.values()}) == len(on_tasks)  # each its own draw
+    # a principle added, or one dropped, leaves every other principle's requests as they were
+    added = principle("words", "tasks", at_most=40)
+    for drawn_from in ([added, *con.for_stage(2)], con.for_stage(2)[1:]):
+        again = contrast.contrast_jobs(0, 2, tasks, drawn_from, 3, False, lambda r: r)[0]
+        for pid in {p.id for p in drawn_from} & set(on_tasks):
+            assert [j.meta["request_id"] for j in again if j.meta["principle_id"] == pid] == drawn[
+                pid
+            ]
     assert [j.meta["requests"] for j in by["avoid-harm"]] == ["harmful"] * 3 and by[
         "refuse-without-preaching"
     ][0].meta["requests"] == "benign"
@@ -272,6 +280,7 @@ def test_the_contrast_step_answers_both_sides_under_each_principles_instructions
     class Scripted(DummyLM):
         def forward(self, prompt=None, messages=None, **kwargs):
             seen.append(messages)
+            capped[messages[0]["content"]] = self.cap
             self.answers = {
                 "": {
                     "out": "I'm sorry, but I can't help with that."
@@ -281,15 +290,20 @@ def test_the_contrast_step_answers_both_sides_under_each_principles_instructions
             }
             return super().forward(prompt=prompt, messages=messages, **kwargs)
 
-    monkeypatch.setattr(
-        Endpoint,
-        "lm",
-        lambda self, sampling, seed: Scripted({"": {"out": "x"}}, adapter=PlainAdapter()),
+    capped = {}
+
+    def lm(endpoint, sampling, seed):
+        scripted = Scripted({"": {"out": "x"}}, adapter=PlainAdapter())
+        scripted.cap = sampling.max_tokens
+        return scripted
+
+    monkeypatch.setattr(Endpoint, "lm", lm)
+    on_topic = next(p for p in ctx.constitution.principles if p.id == "stay-on-topic")
+    on_topic = on_topic.model_copy(  # its own cap: each side answers at length
+        update={"contrast": on_topic.contrast.model_copy(update={"max_tokens": 300})}
     )
     ctx.constitution = Constitution(
-        principles=[
-            p for p in ctx.constitution.principles if p.id in ("avoid-harm", "stay-on-topic")
-        ]
+        principles=[p for p in ctx.constitution.principles if p.id == "avoid-harm"] + [on_topic]
     )
     tasks = [
         {
@@ -332,6 +346,10 @@ def test_the_contrast_step_answers_both_sides_under_each_principles_instructions
     assert len(sent[avoid.contrast.negative]) == 2
     # the pair's prompt: the bare request alone
     assert not any(e.request in str(harm["pair_prompt"]) for e in avoid.contrast.examples)
+    # the stage's cap, and the principle's own where it sets one
+    stage_cap = stage(1, contrasts=2).generation.contrast.max_tokens
+    assert capped[avoid.contrast.positive] == capped[avoid.contrast.negative] == stage_cap != 300
+    assert capped[on_topic.contrast.positive] == capped[on_topic.contrast.negative] == 300
 
 
 def test_a_judge_checked_principle_makes_a_pair_where_the_judge_prefers_the_positive_both_ways():
@@ -449,3 +467,21 @@ def test_a_principle_that_makes_no_pair_says_why_with_its_figures():
     why = contrast_yield.why_no_pair(found[p.id])
     assert why.startswith("its check (words at most 40) separated none of 4 requests, 4 samples")
     assert "positive 24 words" in why and "negative 26 words" in why
+
+
+@pytest.mark.parametrize(
+    "signal, spared", [("repetition", True), ("words", True), ("relevance", False)]
+)
+def test_a_check_whose_better_side_is_shorter_by_nature_is_spared_the_length_filter(signal, spared):
+    """A loop is long by what it repeats, and brevity is what a words check asks for; a more
+    relevant answer has no such excuse for being a fifth of the other's length."""
+    p = principle(signal, **({"margin": 0.1} if signal != "words" else {"at_most": 40}))
+    rec = contrast_record("t0-x-p", p.id, "tasks", "short " * 20, "long " * 100)
+    quality = {
+        "t0-x-p:positive": signals(words=20, relevance=0.8, repetition=0.0),
+        "t0-x-p:negative": signals(words=100, relevance=0.6, repetition=0.5),
+    }
+    found = contrast.best_sides(
+        p, [rec], quality, contrast.no_verdicts, filters=PairFilters(), passing_only=True
+    )
+    assert (found is not None) is spared

@@ -252,7 +252,7 @@ def test_the_dry_run_of_a_new_constitution_prints_each_principles_yield_and_writ
     run, _, reference = two_stages
     before = {p: p.stat().st_mtime for p in reference.rglob("*") if p.is_file()}
     con = yaml.safe_load((ROOT / "constitution.yaml").read_text())
-    con["principles"].insert(  # first: it takes the first of every k-th task
+    con["principles"].insert(
         0,
         {
             "id": "say-nothing",
@@ -274,7 +274,7 @@ def test_the_dry_run_of_a_new_constitution_prints_each_principles_yield_and_writ
                      "--constitution", str(path))  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "against stage1" in done.stdout, done.stdout
-    # every k-th of the stage's tasks, k the principles on tasks: 1 where it proposed k or fewer
+    # its own draw of the stage's tasks: 2, or 1 where the tiny stage kept a single task
     row = re.search(
         r"\| say-nothing \| words at most 1 \| ([12]) \| (\d+) \| 0 \| 0 \|", done.stdout
     )

@@ -5,6 +5,7 @@ byte for byte as it was."""
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,41 @@ def test_a_rerun_or_resume_keeps_the_profile_its_run_was_made_with(tmp_path):
     assert launch.profile_name(None, str(made)) == "cpu-dev"
     assert launch.profile_name("tiny", str(made)) == "tiny"
     assert launch.profile_name(None, str(tmp_path / "new")) in ("cpu", "gpu")
+
+
+def test_an_added_words_principle_is_read_as_the_mean_and_the_geometric_mean_of_length(tmp_path):
+    """One answer that loops to its cap swings the mean of words; the ratio of geometric means
+    says that most answers halved."""
+    from cai.run.against import changed_principles
+
+    con = yaml.safe_load((ROOT / "constitutions" / "short-answers.yaml").read_text())
+    words = {"orig": [40] * 9 + [100], "rerun": [20] * 9 + [900]}
+    runs = {}
+    for name, lengths in words.items():
+        run = Run(tmp_path / name)
+        principles = [
+            p for p in con["principles"] if name == "rerun" or p["id"] != "answer-briefly"
+        ]
+        run.manifest = {"snapshot": {"constitution": {"principles": principles}}}
+        folder = run.stage_dir(1)
+        (folder / "eval").mkdir(parents=True)
+        (folder / "eval" / "instruction_following.jsonl").write_text(
+            "".join(
+                json.dumps({"id": f"i{k}", "quality": {"words": w}}) + "\n"
+                for k, w in enumerate(lengths)
+            )
+        )
+        mean = sum(lengths) / len(lengths)
+        write_json_atomic(
+            folder / "eval.json",
+            {"length_words": {"score": mean, "low": mean, "high": mean, "n": len(lengths)}},
+        )
+        runs[name] = run
+    made = [Counter({"answer-briefly": 8}), Counter()]
+    (row,) = [
+        line
+        for line in changed_principles(runs["rerun"], runs["orig"], 1, made)
+        if line.startswith("| added: answer-briefly")
+    ]
+    assert "| 8 | 0 | length_words +62.000 [" in row  # the mean rose
+    assert "; length x0.6" in row and "(geometric mean, paired)" in row  # most answers halved

@@ -6,6 +6,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import dspy
 import pytest
 from conftest import ScriptedHTTP
 
@@ -97,3 +98,43 @@ def test_the_pair_prompt_the_respond_turn_a_dev_item_and_a_test_item_are_one_tur
         for m in (pair_prompt, responded, dev, test)
     ]
     assert tokens[0] == tokens[1] == tokens[2] == tokens[3]
+
+
+@pytest.mark.parametrize("system_prompt", [None, "You answer in plain words."])
+def test_a_contrast_without_a_negative_instruction_sends_the_turn_on_that_side(
+    chat, tmp_path, system_prompt
+):
+    from cai.config.constitution import Principle
+    from cai.data.contrast import program
+
+    principle = Principle.model_validate(
+        {
+            "id": "answer-briefly",
+            "category": "helpful",
+            "stages": [1],
+            "critique": "Point out what could be left out.",
+            "revision": "Rewrite it in at most 40 words.",
+            "contrast": {
+                "positive": "Reply in 40 words or fewer.",
+                "examples": [{"request": "Name two uses for salt.", "positive": "Food, ice."}],
+            },
+            "check": {"signal": "words", "margin": 0.3},
+        }
+    )
+    make = program(principle, system_prompt)
+    compiled = make()
+    # an optimizer's demos on the plain side are neither sent nor saved
+    compiled.negative.demos = [dspy.Example(request="Name a colour.", response="Blue.")]
+    compiled.save(str(tmp_path / "contrast.json"))
+    assert json.loads((tmp_path / "contrast.json").read_text())["negative"]["demos"] == []
+    call = program_call(
+        lambda: compiled, ("positive", "negative"), Endpoint(chat, "k", "policy"), Sampling()
+    )
+    call(Job("t-x-answer-briefly", {"request": REQUEST}), 0)
+    positive, negative = RecordsChat.sent
+    assert negative == turn(REQUEST, system_prompt)
+    assert positive[0] == {"role": "system", "content": "Reply in 40 words or fewer."}
+    assert positive[1:3] == [
+        {"role": "user", "content": "Name two uses for salt."},
+        {"role": "assistant", "content": "Food, ice."},
+    ]

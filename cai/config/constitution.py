@@ -70,9 +70,23 @@ class Contrast(Strict):
 
     requests: Literal[REQUEST_KINDS] = "tasks"
     positive: str = Field(min_length=10)  # asks for the principle
-    # asks for its opposite, and is otherwise as alike as it can be
-    negative: str = Field(min_length=10)
+    # asks for its opposite, and is otherwise as alike as it can be; left out, the negative side is
+    # the policy's own answer to the bare request (programs/contrast.py)
+    negative: str | None = Field(None, min_length=10)
     examples: list[Exemplar] = []
+    # each side's cap, where the stage's (`generation.contrast.max_tokens`) is too short for the
+    # behaviour to show: a ramble or a loop shows only at length
+    max_tokens: int | None = Field(None, ge=16, le=2048)
+
+    @model_validator(mode="after")
+    def _plain_side_shows_no_exemplar(self) -> "Contrast":
+        if self.negative is None and any(e.negative is not None for e in self.examples):
+            raise ValueError(
+                "an exemplar's negative answer is never shown where the contrast has no negative "
+                "instruction (that side is the policy's own answer): drop it, or add the "
+                "instruction"
+            )
+        return self
 
     def demos(self, side: str) -> list[tuple[str, str]]:
         """The (request, answer) turns shown under `side`'s instruction."""

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import programs
 from cai.config.constitution import Principle
-from cai.config.settings import PairFilters
+from cai.config.settings import PairFilters, Sampling
 from cai.data.constraints import keeps
 from cai.data.filters import filter_reason
 from cai.data.refusal import propositions
 from cai.data.requests import stage_requests
 from cai.data.verdicts import judge_preference
-from cai.serving.lm import Job, program_call
+from cai.serving.lm import Job, program_call, seeded
 from programs.contrast import Contrast
 from programs.judge import both_orders
 
@@ -40,15 +40,12 @@ def contrast_jobs(
 ) -> tuple[list[Job], dict[str, str]]:
     """One job a (request, principle) for the stage's principles that can make pairs,
     `per_principle` requests each, and why each other principle makes none. A principle answering
-    the stage's tasks takes every k-th of them (k the number of such principles), so no two answer
-    the same task. `prompt_of(request)` is what the policy is sent for the bare request: the pair's
+    the stage's tasks draws them by its own id and the run's seed, whatever other principles the
+    constitution holds: a rerun that adds or drops a principle leaves every other principle's
+    requests as they were, so the difference it makes is its own (two principles may answer one
+    task). `prompt_of(request)` is what the policy is sent for the bare request: the pair's
     prompt."""
     jobs, why_not = [], {}
-    on_tasks = [
-        p
-        for p in drawn_from
-        if p.contrast and p.contrast.requests == "tasks" and usable(p, judge_trusted)
-    ]
     for p in drawn_from:
         if not p.contrast:
             why_not[p.id] = "no contrast in the constitution: it drives critique and revision only"
@@ -57,10 +54,12 @@ def contrast_jobs(
             why_not[p.id] = "its check is the judge, which this stage does not trust"
             continue
         if p.contrast.requests == "tasks":
-            k = on_tasks.index(p)
+            drawn = seeded(seed, f"stage{n}-contrast-{p.id}").sample(
+                tasks, min(per_principle, len(tasks))
+            )
             requests = [
                 {"id": t["id"], "request": t["request"], "prompt": t["prompt"], "task": t}
-                for t in tasks[k :: len(on_tasks)]
+                for t in drawn
             ]
         else:
             requests = stage_requests(seed, p.contrast.requests, n, per_principle)
@@ -92,11 +91,14 @@ def contrasting(drawn_from: list[Principle], judge_trusted: bool) -> list[Princi
     return [p for p in drawn_from if p.contrast and usable(p, judge_trusted)]
 
 
-def program(p: Principle):
+def program(p: Principle, system_prompt: str | None = None):
     """A factory of principle `p`'s Contrast, its two instructions and its exemplars in place (what
-    its compiled file loads into: the optimizer's demos then replace the exemplars)."""
+    its compiled file loads into: the optimizer's demos then replace the exemplars); a plain
+    negative side is the turn under `system_prompt`."""
     c = p.contrast
-    return lambda: Contrast(c.positive, c.negative, c.demos("positive"), c.demos("negative"))
+    return lambda: Contrast(
+        c.positive, c.negative, c.demos("positive"), c.demos("negative"), system_prompt
+    )
 
 
 def separates(
@@ -150,8 +152,13 @@ def separates(
 
 # The quality filters a contrast's chosen side is spared (cai/data/pairs.py): a good refusal is
 # short and not about the request's topic by design; a shorter answer is the point of the words
-# check.
-FILTERS_SPARED = {"refusal": ("relevance", "relevance_margin", "length"), "words": ("length",)}
+# check; an answer that repeats itself is long by what it repeats (in the dry run of say-it-once
+# at 256 tokens, the length filter dropped 2 of the 3 pairs its check separated).
+FILTERS_SPARED = {
+    "refusal": ("relevance", "relevance_margin", "length"),
+    "words": ("length",),
+    "repetition": ("length",),
+}
 
 
 def no_verdicts(record_id: str) -> tuple[None, None]:
@@ -235,12 +242,21 @@ def judge_jobs(contrasts, principles: list[Principle]) -> list[Job]:
     return jobs
 
 
-def dispatch(makes: dict, endpoint, sampling, label: str):
+def sampling_for(p: Principle, stage_sampling: Sampling) -> Sampling:
+    """How principle `p`'s contrast is sampled: the stage's, with the principle's own cap where it
+    sets one."""
+    if p.contrast.max_tokens is None:
+        return stage_sampling
+    return stage_sampling.model_copy(update={"max_tokens": p.contrast.max_tokens})
+
+
+def dispatch(makes: dict, endpoint, samplings: dict[str, Sampling], label: str):
     """A `run_jobs` call that answers each job with its principle's program (`makes`: principle id
-    to a factory of its compiled Contrast), both sides, and records which prompt version did."""
+    to a factory of its compiled Contrast), both sides, sampled as `samplings` says for that
+    principle, and records which prompt version did."""
     calls = {
         pid: (
-            program_call(make, ("positive", "negative"), endpoint, sampling),
+            program_call(make, ("positive", "negative"), endpoint, samplings[pid]),
             programs.version(make, f"{label}-{pid}"),
         )
         for pid, make in makes.items()

@@ -84,6 +84,9 @@ PER_ITEM = {
     "off_topic": (QUALITY_ON, lambda r: float(r["quality"]["relevance"] < OFF_TOPIC_BELOW)),
     "repetition": (QUALITY_ON, lambda r: r["quality"]["repetition"]),
     "length_words": (QUALITY_ON, lambda r: float(r["quality"]["words"])),
+    # per item only: a paired difference of logs is the log of the geometric mean's ratio, which a
+    # few answers that loop to their cap cannot swing as they swing the mean of words
+    "length_log": (QUALITY_ON, lambda r: math.log1p(r["quality"]["words"])),
     "boilerplate": (
         QUALITY_ON,
         lambda r: float(r["quality"]["boilerplate"] or r["quality"]["empty"]),
@@ -110,15 +113,22 @@ def per_item(run: Run, n: int, name: str) -> dict[str, float]:
         return {}
 
 
+def paired(name: str, now: tuple[Run, int], then: tuple[Run, int]) -> dict | None:
+    """Score `name` of stage `now` minus that of stage `then`, paired over the items both answered,
+    with its 95% interval; None where either's records are not at hand."""
+    a, b = (per_item(*now, name), per_item(*then, name)) if name in PER_ITEM else ({}, {})
+    shared = sorted(set(a) & set(b))
+    return mean_interval([a[k] - b[k] for k in shared]) if shared else None
+
+
 def difference(
     name: str, now: tuple[Run, int], then: tuple[Run, int], scores: tuple[dict, dict]
 ) -> tuple[dict, str]:
     """The score of stage `now` minus that of stage `then` (each a run and a stage), with a 95%
     interval: paired over the items both answered where their records are at hand (the suites
     are the same items at every stage), else from the two intervals as if independent (wider)."""
-    a, b = (per_item(*now, name), per_item(*then, name)) if name in PER_ITEM else ({}, {})
-    if shared := sorted(set(a) & set(b)):
-        return mean_interval([a[k] - b[k] for k in shared]), "paired"
+    if (diff := paired(name, now, then)) is not None:
+        return diff, "paired"
     now_s, then_s = scores
     half = (
         1.96

@@ -134,15 +134,15 @@ def compilable(
     answered=None,
     judge=None,
     embedder=None,
+    system_prompt: str | None = None,
 ) -> Compilable:
     """Program `name` of stage `st` with `count` examples: earlier stages' tasks and pairs from
     `run`; for critique + revise, `answered` (the seed slice and its answers) and the `judge` it
     falls back on; for a principle's contrast (`contrast-<id>`), the embedder its yield is measured
-    with."""
+    with and the turn's `system_prompt` (its plain side's)."""
     if name.startswith("contrast-"):
-        return for_contrast(
-            seed, st, next(p for p in drawn_from if f"contrast-{p.id}" == name), count, embedder
-        )
+        p = next(p for p in drawn_from if f"contrast-{p.id}" == name)
+        return for_contrast(seed, st, p, count, embedder, system_prompt)
     if name == "propose":
         return for_propose(seed, st, [t["request"] for t in run.earlier(st.number, "tasks")], count)
     if name == "critique_revise":
@@ -150,7 +150,9 @@ def compilable(
     return for_judge(seed, st, run.earlier(st.number, "pairs"), count)
 
 
-def for_contrast(seed: int, st: StageConfig, p: Principle, count: int, embedder) -> Compilable:
+def for_contrast(
+    seed: int, st: StageConfig, p: Principle, count: int, embedder, system_prompt: str | None = None
+) -> Compilable:
     """Principle `p`'s contrast, compiled against its yield on held-out requests: the seed tasks
     with their rules, or the optimizer's share of its known-kind set (cai/data/contrast.py)."""
     kind = p.contrast.requests
@@ -192,15 +194,21 @@ def for_contrast(seed: int, st: StageConfig, p: Principle, count: int, embedder)
         )
         return ok if trace is not None else float(ok)
 
-    return Compilable(contrast.program(p)(), kept, data, st.generation.contrast)
+    return Compilable(
+        contrast.program(p, system_prompt)(),
+        kept,
+        data,
+        contrast.sampling_for(p, st.generation.contrast),
+    )
 
 
-def warm_start(name: str, previous, drawn_from: list[Principle]):
-    """The optimizer's start: the last stage's compiled `name`; for a principle's contrast, its
-    demos with the principle's own instructions (a new constitution may have changed them)."""
-    if previous is None or not name.startswith("contrast-"):
+def warm_start(previous, make_contrast=None):
+    """The optimizer's start: the last stage's compiled program; for a principle's contrast
+    (`make_contrast`, its factory), its demos with the principle's own instructions (a new
+    constitution may have changed them)."""
+    if previous is None or make_contrast is None:
         return previous
-    program = contrast.program(next(p for p in drawn_from if f"contrast-{p.id}" == name))()
+    program = make_contrast()
     program.positive.demos, program.negative.demos = (
         list(previous.positive.demos),
         list(previous.negative.demos),

@@ -1,14 +1,17 @@
 """A rerun beside the run it came from: the report's "Against" section, this run's scores minus
 the original's at the stage it reran, paired item by item, the pairs by principle, and each
-principle the rerun added, dropped or changed beside the measure its check reads."""
+principle the rerun added, dropped or changed beside the measure its check reads (for a words
+check, the geometric mean's ratio too: the mean of words swings with the few answers that loop to
+their cap, by tens of words at 40 items)."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 from cai.config.constitution import Constitution
 from cai.data.contrast_yield import check_text
-from cai.measuring.intervals import difference
+from cai.measuring.intervals import difference, paired
 from cai.measuring.verdict import TEST, read_json as _read_json
 from cai.store import Run
 
@@ -106,6 +109,13 @@ def changed_principles(run: Run, original: Run, n: int, made: list[Counter]) -> 
             moved = (
                 f"{measure} {diff['score']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] ({kind})"
             )
+        if (
+            check
+            and check.signal == "words"
+            and (log := paired("length_log", (run, n), (original, n)))
+        ):
+            low, score, high = (math.exp(log[k]) for k in ("low", "score", "high"))
+            moved += f"; length x{score:.2f} [x{low:.2f}, x{high:.2f}] (geometric mean, paired)"
         rows.append(
             f"| {how}: {pid} | {check_text(p or q) if check else 'no check'} | {made[0][pid]} | "
             f"{made[1][pid]} | {moved} |"

@@ -94,8 +94,15 @@ def principles(argv: list[str]) -> int:
                 profile.request_timeout_s,
                 label=policy,
             )
-            makes = {q.id: contrasts.program(q) for q in contrasts.contrasting(drawn, False)}
-            call = contrasts.dispatch(makes, endpoint, st.generation.contrast, "dry-run")
+            makes = {
+                q.id: contrasts.program(q, profile.system_prompt)
+                for q in contrasts.contrasting(drawn, False)
+            }
+            samplings = {
+                q.id: contrasts.sampling_for(q, st.generation.contrast)
+                for q in contrasts.contrasting(drawn, False)
+            }
+            call = contrasts.dispatch(makes, endpoint, samplings, "dry-run")
             out = Records(tmp / "contrasts.jsonl")
             contrast_yield.answer(
                 jobs, call, out, drawn, st, embedder, profile.concurrency, seed, f"stage{n} dry run"

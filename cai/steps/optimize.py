@@ -36,7 +36,12 @@ def optimize(ctx, st: StageConfig, policy: str) -> dict:
     with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
         for found in pool.map(lambda name: optimize_program(ctx, st, policy, name), names):
             stats.update(found)
-    shown = {**PROGRAMS, **{f"contrast-{p.id}": contrasts.program(p) for p in ctx.contrasting(st)}}
+    shown = {
+        **PROGRAMS,
+        **{
+            f"contrast-{p.id}": contrasts.program(p, ctx.system_prompt) for p in ctx.contrasting(st)
+        },
+    }
     adapter = ctx.endpoint(policy).dspy_adapter()
     prompts = [
         render(name, compiled(ctx.run, n, make, name)(), adapter) for name, make in shown.items()
@@ -54,7 +59,12 @@ def optimize_program(ctx, st: StageConfig, policy: str, name: str) -> dict:
     adapter = ctx.endpoint(policy).dspy_adapter()
     # None: one of PROGRAMS; else the principle's contrast
     make = next(
-        (contrasts.program(p) for p in ctx.contrasting(st) if name == f"contrast-{p.id}"), None
+        (
+            contrasts.program(p, ctx.system_prompt)
+            for p in ctx.contrasting(st)
+            if name == f"contrast-{p.id}"
+        ),
+        None,
     )
     if (
         saved(folder, name, make) is not None
@@ -94,6 +104,7 @@ def optimize_program(ctx, st: StageConfig, policy: str, name: str) -> dict:
         answered,
         judge_lm and asker(judge_lm, adapter),
         quality.embedder(ctx.embedding_model),
+        ctx.system_prompt,
     )
     if not target.examples:
         return {f"{name}_skipped": "no examples"}
@@ -101,7 +112,7 @@ def optimize_program(ctx, st: StageConfig, policy: str, name: str) -> dict:
         target.sampling, request_seed(ctx.seed, f"stage{n}-optimize-{name}")
     )
     previous = saved(ctx.run.root / policy_name(n - 1) / "programs", name, make) if n > 1 else None
-    start = examples.warm_start(name, previous, principles)
+    start = examples.warm_start(previous, make)
     trainset, devset = target.examples[:train], target.examples[train : train + dev]
     result, summary = compile_program(
         target.program,
