@@ -250,13 +250,16 @@ def sampling_for(p: Principle, stage_sampling: Sampling) -> Sampling:
     return stage_sampling.model_copy(update={"max_tokens": p.contrast.max_tokens})
 
 
-def dispatch(makes: dict, endpoint, samplings: dict[str, Sampling], label: str):
+def dispatch(makes: dict, principles: list[Principle], endpoint, sampling: Sampling, label: str):
     """A `run_jobs` call that answers each job with its principle's program (`makes`: principle id
-    to a factory of its compiled Contrast), both sides, sampled as `samplings` says for that
-    principle, and records which prompt version did."""
+    to a factory of its compiled Contrast), both sides, sampled as the stage says (`sampling`) with
+    the principle's own cap, and records which prompt version did."""
+    by_id = {p.id: p for p in principles}
     calls = {
         pid: (
-            program_call(make, ("positive", "negative"), endpoint, samplings[pid]),
+            program_call(
+                make, ("positive", "negative"), endpoint, sampling_for(by_id[pid], sampling)
+            ),
             programs.version(make, f"{label}-{pid}"),
         )
         for pid, make in makes.items()

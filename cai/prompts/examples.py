@@ -134,15 +134,15 @@ def compilable(
     answered=None,
     judge=None,
     embedder=None,
-    system_prompt: str | None = None,
+    make_contrast=None,
 ) -> Compilable:
     """Program `name` of stage `st` with `count` examples: earlier stages' tasks and pairs from
     `run`; for critique + revise, `answered` (the seed slice and its answers) and the `judge` it
     falls back on; for a principle's contrast (`contrast-<id>`), the embedder its yield is measured
-    with and the turn's `system_prompt` (its plain side's)."""
+    with and `make_contrast`, the factory of its program (cai/data/contrast.py's `program`)."""
     if name.startswith("contrast-"):
         p = next(p for p in drawn_from if f"contrast-{p.id}" == name)
-        return for_contrast(seed, st, p, count, embedder, system_prompt)
+        return for_contrast(seed, st, p, count, embedder, make_contrast)
     if name == "propose":
         return for_propose(seed, st, [t["request"] for t in run.earlier(st.number, "tasks")], count)
     if name == "critique_revise":
@@ -151,7 +151,7 @@ def compilable(
 
 
 def for_contrast(
-    seed: int, st: StageConfig, p: Principle, count: int, embedder, system_prompt: str | None = None
+    seed: int, st: StageConfig, p: Principle, count: int, embedder, make_contrast
 ) -> Compilable:
     """Principle `p`'s contrast, compiled against its yield on held-out requests: the seed tasks
     with their rules, or the optimizer's share of its known-kind set (cai/data/contrast.py)."""
@@ -194,12 +194,7 @@ def for_contrast(
         )
         return ok if trace is not None else float(ok)
 
-    return Compilable(
-        contrast.program(p, system_prompt)(),
-        kept,
-        data,
-        contrast.sampling_for(p, st.generation.contrast),
-    )
+    return Compilable(make_contrast(), kept, data, contrast.sampling_for(p, st.generation.contrast))
 
 
 def warm_start(previous, make_contrast=None):

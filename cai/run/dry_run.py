@@ -98,11 +98,7 @@ def principles(argv: list[str]) -> int:
                 q.id: contrasts.program(q, profile.system_prompt)
                 for q in contrasts.contrasting(drawn, False)
             }
-            samplings = {
-                q.id: contrasts.sampling_for(q, st.generation.contrast)
-                for q in contrasts.contrasting(drawn, False)
-            }
-            call = contrasts.dispatch(makes, endpoint, samplings, "dry-run")
+            call = contrasts.dispatch(makes, drawn, endpoint, st.generation.contrast, "dry-run")
             out = Records(tmp / "contrasts.jsonl")
             contrast_yield.answer(
                 jobs, call, out, drawn, st, embedder, profile.concurrency, seed, f"stage{n} dry run"

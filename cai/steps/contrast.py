@@ -34,10 +34,9 @@ def contrast(ctx, st: StageConfig, policy: str, tasks: list[dict]) -> dict:
         p.id: compiled(ctx.run, n, contrasts.program(p, ctx.system_prompt), f"contrast-{p.id}")
         for p in ctx.contrasting(st)
     }
-    samplings = {
-        p.id: contrasts.sampling_for(p, st.generation.contrast) for p in ctx.contrasting(st)
-    }
-    call = contrasts.dispatch(makes, endpoint, samplings, f"stage{n}/contrast")
+    call = contrasts.dispatch(
+        makes, principles, endpoint, st.generation.contrast, f"stage{n}/contrast"
+    )
     out, embedder = ctx.run.records(n, "contrasts"), quality.embedder(ctx.embedding_model)
     stats = contrast_yield.answer(
         jobs, call, out, principles, st, embedder, ctx.concurrency, ctx.seed, f"stage{n}"

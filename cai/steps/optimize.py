@@ -104,7 +104,7 @@ def optimize_program(ctx, st: StageConfig, policy: str, name: str) -> dict:
         answered,
         judge_lm and asker(judge_lm, adapter),
         quality.embedder(ctx.embedding_model),
-        ctx.system_prompt,
+        make,
     )
     if not target.examples:
         return {f"{name}_skipped": "no examples"}
