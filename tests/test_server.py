@@ -41,6 +41,19 @@ def test_port_in_use_is_refused_before_starting(tmp_path):
         assert server.process is None
 
 
+def test_a_server_gone_mid_run_is_a_server_error_naming_the_call(tmp_path):
+    """Seen on 24 GiB with two runs: the OOM killer took the server while a stage trained, and the
+    swap's request to it failed with requests' ConnectionError, which stopped the run; as a
+    ServerError the run restarts the server instead (cai/serving/swap.py, surviving_faults)."""
+    with socket.socket() as s:  # a port with nothing listening on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = VLLMServer(ServeSettings(model="unused"), tmp_path / "log", tmp_path / "pid")
+    server.port = port
+    with pytest.raises(ServerError, match="^swap: reloading weights of stage3 failed: no answer"):
+        server.post("/collective_rpc", "swap: reloading weights of stage3", timeout=5)
+
+
 def test_serve_and_hot_load_an_adapter(tmp_path):
     model = resolve_model(EMBEDDED, ROOT / "models")
     adapter = init_adapter(model, tmp_path / "adapter", TrainSettings(lora_r=8))

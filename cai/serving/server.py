@@ -264,8 +264,14 @@ class VLLMServer:
 
     def post(self, path: str, what: str, timeout: float = 600, **kwargs) -> requests.Response:
         """POST to the server (`path` under its root: `/v1/...`, `/sleep`); a status other than
-        200 is a ServerError that starts with `what` (the step and the call)."""
-        r = requests.post(self.base_url + path, headers=self.headers(), timeout=timeout, **kwargs)
+        200, or no answer at all, is a ServerError that starts with `what` (the step and the call),
+        which a run survives by restarting the server (the OOM killer once took it mid-stage)."""
+        try:
+            r = requests.post(
+                self.base_url + path, headers=self.headers(), timeout=timeout, **kwargs
+            )
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise ServerError(f"{what} failed: no answer from {self.base_url} ({e})") from e
         if r.status_code != 200:
             raise ServerError(f"{what} failed ({r.status_code}): {r.text[:300]}")
         return r

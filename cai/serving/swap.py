@@ -183,13 +183,11 @@ def gpu_lent(server: VLLMServer, swap, probe_seed: int = 0):
 def surviving_faults(server: VLLMServer, swap, restarts: int, what: str, fn):
     """`fn()` (a stage, or stage 0's evaluation), with the server restarted where it died or hung
     mid-step, at most `restarts` times; the step then continues from its last record. A failure
-    with the server healthy is not the server's: it is raised. A request the server's own endpoints
-    refused (the swap's, with `requests`) counts too: the OOM killer took the server during training
-    once, and the swap after it failed with a ConnectionError."""
+    with the server healthy is not the server's: it is raised."""
     for attempt in range(restarts + 1):
         try:
             return fn()
-        except (RequestFailed, ServerError, requests.ConnectionError, requests.Timeout) as e:
+        except (RequestFailed, ServerError) as e:
             if attempt == restarts or server.healthy():
                 raise
             print(
