@@ -146,7 +146,12 @@ def bootstrap(args) -> int:
                 ctx.swap.make_servable(name, run.root / name / "adapter", keep=tuple(needed))
             if profile.gpu and not run.stage(n).get("steps"):  # will the stage pass the budget?
                 budget.check_stage(
-                    run.manifest, profile.gpu, stages[n], ctx.budget_usd, ctx.gpu_price
+                    run.manifest,
+                    profile.gpu,
+                    stages[n],
+                    budget.contrast_caps(ctx.constitution, {n: stages[n]})[n],
+                    ctx.budget_usd,
+                    ctx.gpu_price,
                 )
             policy = survive(f"stage{n}", partial(run_stage, ctx, stages[n], policy))
 

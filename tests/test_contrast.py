@@ -485,3 +485,36 @@ def test_a_check_whose_better_side_is_shorter_by_nature_is_spared_the_length_fil
         p, [rec], quality, contrast.no_verdicts, filters=PairFilters(), passing_only=True
     )
     assert (found is not None) is spared
+
+
+def test_a_principle_with_a_rule_of_its_own_checks_it_on_tasks_that_do_not_carry_one_of_its_kind():
+    sign_off = {"end_phrase": "I hope this helps."}
+    with pytest.raises(ValueError, match="'startend:ending' is not an IFEval instruction id"):
+        principle("rule", rule="startend:ending", kwargs=sign_off)
+    with pytest.raises(ValueError, match=r"needs kwargs \['end_phrase'\]"):
+        principle("rule", rule="startend:end_checker")  # lm-eval would draw a phrase at random
+    with pytest.raises(ValueError, match="apply to the rule signal only"):
+        principle("words", rule="startend:end_checker", kwargs=sign_off)
+    own = principle("rule", "benign", rule="startend:end_checker", kwargs=sign_off)
+    assert own.check.own_rule() == {"instruction_id": "startend:end_checker", "kwargs": sign_off}
+    own = principle("rule", rule="startend:end_checker", kwargs=sign_off)
+    ending = {"instruction_id": "startend:end_checker", "kwargs": {"end_phrase": "Peace!"}}
+    lowercase = {"instruction_id": "change_case:english_lowercase", "kwargs": {}}
+    tasks = [
+        {
+            "id": f"t{i}",
+            "request": f"Task {i}.",
+            "prompt": f"Task {i}.",
+            "constraint": ending if i < 3 else lowercase,
+        }
+        for i in range(6)
+    ]
+    jobs, _ = contrast.contrast_jobs(0, 1, tasks, [own], 6, False, lambda r: r)
+    # the three tasks that ask for another ending are not its requests; the rule checked is its own
+    assert sorted(j.meta["request_id"] for j in jobs) == ["t3", "t4", "t5"]
+    assert all(j.meta["constraint"] == own.check.own_rule() for j in jobs)
+    record = {"request": "Task 3.", "constraint": jobs[0].meta["constraint"]}
+    kept = {**record, "positive": "Scrub the grout. I hope this helps.", "negative": "Scrub it."}
+    assert contrast.separates(own, kept, None, None)[0]
+    both = {**kept, "negative": "scrub the grout. i hope this helps."}  # the check ignores case
+    assert not contrast.separates(own, both, None, None)[0]

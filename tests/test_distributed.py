@@ -253,10 +253,11 @@ def test_the_plans_arithmetic_for_several_gpus_and_nodes():
             layout.gpus,
         )
 
+    caps = {n: [128] * 3 for n in stages}
     rows = layouts.layout_rows(
-        stages, profile.gpu.seconds_per_stage, speed, layouts.STANDARD_LAYOUTS, fit, None
+        stages, profile.gpu.seconds_per_stage, speed, layouts.STANDARD_LAYOUTS, fit, None, caps
     )
-    single = sum(r["hours"] for r in budget.plan_rows(stages, profile.gpu, speed, 1.0))
+    single = sum(r["hours"] for r in budget.plan_rows(stages, profile.gpu, speed, 1.0, caps))
     assert rows[0]["hours"] == pytest.approx(single)  # one A100: the plan as before
     for r in rows:
         assert r["gpu_hours"] == pytest.approx(r["hours"] * r["gpus"]) and r[

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from cai import ROOT
+from cai.config.constitution import load_constitution
 from cai.config.curriculum import load_curriculum, resolve_stage
 from cai.run import budget, launch
 from cai.serving.server import ServeSettings, command_line
@@ -109,6 +110,16 @@ def test_the_cost_plan_counts_each_steps_work():
         work["respond"]["generated"] == tasks * st.counts.samples * st.generation.respond.max_tokens
     )
     assert work["judge"]["generated"] == 0  # stage 1 does not use the judge
+    # each contrasting principle's requests, both sides, each sample, at the principle's cap
+    con, _ = load_constitution(ROOT / "constitution.yaml")
+    caps = budget.contrast_caps(con, {1: st})[1]
+    assert len(caps) == sum(bool(p.contrast) for p in con.for_stage(1))
+    with_contrasts = budget.stage_work(st, caps)
+    c = st.counts
+    assert with_contrasts["contrast"]["generated"] == c.contrasts * 2 * c.contrast_samples * sum(
+        caps
+    )
+    assert with_contrasts["train"]["trained"] > work["train"]["trained"]  # their pairs trained too
     assert (
         budget.stage_work(resolve_stage(cur, cur.profiles["gpu"], 4))["judge"]["generated"]
         == 2 * tasks * st.generation.judge.max_tokens

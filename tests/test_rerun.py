@@ -378,3 +378,52 @@ def test_an_added_words_principle_is_read_as_the_mean_and_the_geometric_mean_of_
     ]
     assert "| 8 | 0 | length_words +62.000 [" in row  # the mean rose
     assert "; length x0.6" in row and "(geometric mean, paired)" in row  # most answers halved
+
+
+def test_an_added_rule_of_its_own_is_read_as_how_often_the_answers_keep_it_unasked(tmp_path):
+    """The dev answers never asked for the principle's rule: the share that keeps it is its measure,
+    paired, over the items that do not ask for a rule of its kind."""
+    from cai.run.against import changed_principles
+
+    con = yaml.safe_load((ROOT / "constitutions" / "sign-off.yaml").read_text())
+    endings = {
+        "orig": ["Scrub it."] * 10,
+        "rerun": ["Scrub it. I hope this helps."] * 6 + ["Scrub it."] * 4,
+    }
+    runs = {}
+    for name, answers in endings.items():
+        run = Run(tmp_path / name)
+        principles = [
+            p for p in con["principles"] if name == "rerun" or p["id"] != "close-with-a-sign-off"
+        ]
+        run.manifest = {"snapshot": {"constitution": {"principles": principles}}}
+        folder = run.stage_dir(1)
+        (folder / "eval").mkdir(parents=True)
+        rows = [
+            {
+                "id": f"i{k}",
+                "doc": {
+                    "prompt": "Clean a sink.",
+                    # the last item asks for an ending of its own: not the principle's measure
+                    "instruction_id_list": ["startend:end_checker"]
+                    if k == 9
+                    else ["punctuation:no_comma"],
+                },
+                "response": text,
+            }
+            for k, text in enumerate(answers)
+        ]
+        (folder / "eval" / "instruction_following.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+        write_json_atomic(folder / "eval.json", {})
+        runs[name] = run
+    made = [Counter({"close-with-a-sign-off": 9}), Counter()]
+    (row,) = [
+        line
+        for line in changed_principles(runs["rerun"], runs["orig"], 1, made)
+        if line.startswith("| added: close-with-a-sign-off")
+    ]
+    assert "| rule startend:end_checker" in row and "| 9 | 0 |" in row
+    assert "keeps startend:end_checker 0.67 against 0.00 of 9 instruction-following answers" in row
+    assert "+0.667 [" in row and "(paired)" in row

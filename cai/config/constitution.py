@@ -12,7 +12,7 @@ as the curriculum.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -31,7 +31,8 @@ REQUEST_KINDS = ("tasks", "harmful", "benign")
 #   relevance    it is closer to the bare request by `margin` (cosine, cai/data/quality.py)
 #   repetition   it repeats itself less by `margin`
 #   boilerplate  it does not introduce itself; the other does
-#   rule         it keeps the task's checkable rule; the other breaks it (lm-eval's IFEval checker)
+#   rule         it keeps the task's checkable rule, or the principle's own (`rule`, an IFEval
+#   instruction id, with its `kwargs`); the other breaks it (lm-eval's IFEval checker)
 #   judge        the judge prefers it in both orders (only where the stage trusts the judge)
 SIGNALS = (
     "refusal",
@@ -104,12 +105,28 @@ class Check(Strict):
     at_most: int | None = Field(None, ge=1)
     # words, relevance, repetition: the least difference that counts
     margin: float = Field(0.0, ge=0, le=1)
+    # rule: the principle's own rule, kept whatever the request asks (an IFEval instruction id and
+    # its arguments: `startend:end_checker`, {end_phrase: ...}), in place of the task's
+    rule: str | None = None
+    kwargs: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _at_most_for_words(self) -> "Check":
         if self.at_most is not None and self.signal != "words":
             raise ValueError(f"at_most applies to the words signal only, not {self.signal!r}")
+        if (self.rule is not None or self.kwargs) and self.signal != "rule":
+            raise ValueError(f"rule and kwargs apply to the rule signal only, not {self.signal!r}")
+        if self.rule is not None:
+            from cai.data.constraints import (
+                known_rule,
+            )  # lm-eval's checkers: only where one is named
+
+            known_rule(self.rule, self.kwargs)
         return self
+
+    def own_rule(self) -> dict | None:
+        """The principle's own rule as a task's constraint, None where it checks the task's."""
+        return {"instruction_id": self.rule, "kwargs": self.kwargs} if self.rule else None
 
 
 class Principle(Strict):
@@ -131,12 +148,13 @@ class Principle(Strict):
         if (
             self.check is not None
             and self.check.signal == "rule"
+            and self.check.rule is None
             and self.contrast
             and self.contrast.requests != "tasks"
         ):
             raise ValueError(
                 f"principle {self.id!r}: the rule signal needs requests that carry a rule "
-                "(requests: tasks)"
+                "(requests: tasks), or a rule of its own (check.rule)"
             )
         if (
             self.check is not None

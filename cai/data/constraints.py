@@ -168,6 +168,28 @@ def separating_weights(tasks: list[dict], responses, samples: int) -> dict[str, 
     return weights
 
 
+def known_rule(instruction_id: str, kwargs: dict) -> None:
+    """Raise where `instruction_id` is not one of IFEval's checkers or `kwargs` are not its
+    arguments: a principle's own rule is checked the way the IFEval suites are."""
+    checker = instructions_registry.INSTRUCTION_DICT.get(instruction_id)
+    if checker is None:
+        raise ValueError(
+            f"rule {instruction_id!r} is not an IFEval instruction id (one of: "
+            + ", ".join(sorted(instructions_registry.INSTRUCTION_DICT))
+            + ")"
+        )
+    instruction = checker(instruction_id)
+    try:
+        instruction.build_description(**kwargs)
+    except TypeError as e:
+        raise ValueError(
+            f"rule {instruction_id!r}: kwargs {kwargs} are not its arguments ({e})"
+        ) from None
+    missing = [k for k in instruction.get_instruction_args_keys() if kwargs.get(k) is None]
+    if missing:  # lm-eval draws a missing argument at random: a check that changes between calls
+        raise ValueError(f"rule {instruction_id!r} needs kwargs {missing}")
+
+
 def keeps(constraint: dict | None, prompt: str, response: str) -> bool | None:
     """Whether `response` keeps the constraint (strict IFEval check); None if there is none."""
     if not constraint:

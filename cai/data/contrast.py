@@ -43,8 +43,8 @@ def contrast_jobs(
     the stage's tasks draws them by its own id and the run's seed, whatever other principles the
     constitution holds: a rerun that adds or drops a principle leaves every other principle's
     requests as they were, so the difference it makes is its own (two principles may answer one
-    task). `prompt_of(request)` is what the policy is sent for the bare request: the pair's
-    prompt."""
+    task). A principle with a rule of its own checks it on every request, in place of the task's.
+    `prompt_of(request)` is what the policy is sent for the bare request: the pair's prompt."""
     jobs, why_not = [], {}
     for p in drawn_from:
         if not p.contrast:
@@ -53,9 +53,18 @@ def contrast_jobs(
         if not usable(p, judge_trusted):
             why_not[p.id] = "its check is the judge, which this stage does not trust"
             continue
+        own_rule = p.check.own_rule()
         if p.contrast.requests == "tasks":
+            # a principle's own rule is one the tasks do not already ask for (two rules of a kind
+            # would ask for different things)
+            kind = (own_rule or {}).get("instruction_id")
+            open_to = [
+                t
+                for t in tasks
+                if not kind or (t.get("constraint") or {}).get("instruction_id") != kind
+            ]
             drawn = seeded(seed, f"stage{n}-contrast-{p.id}").sample(
-                tasks, min(per_principle, len(tasks))
+                open_to, min(per_principle, len(open_to))
             )
             requests = [
                 {"id": t["id"], "request": t["request"], "prompt": t["prompt"], "task": t}
@@ -73,7 +82,7 @@ def contrast_jobs(
                         "requests": p.contrast.requests,
                         "request_id": r["id"],
                         "request": r["request"],
-                        "constraint": (r.get("task") or {}).get("constraint"),
+                        "constraint": own_rule or (r.get("task") or {}).get("constraint"),
                         "pair_prompt": prompt_of(r["prompt"]),
                     },
                 )

@@ -6,6 +6,7 @@ pair."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from cai.config.constitution import Principle
@@ -92,6 +93,8 @@ def check_text(p: Principle) -> str:
     c = p.check
     if c.signal == "words":
         return f"words at most {c.at_most}" if c.at_most else f"words shorter by {c.margin:.0%}"
+    if c.rule:
+        return f"rule {c.rule} {json.dumps(c.kwargs)}" if c.kwargs else f"rule {c.rule}"
     return f"{c.signal} by {c.margin:g}" if c.margin else c.signal
 
 

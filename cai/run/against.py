@@ -10,10 +10,11 @@ import math
 from collections import Counter
 
 from cai.config.constitution import Constitution
+from cai.data.constraints import keeps
 from cai.data.contrast_yield import check_text
-from cai.measuring.intervals import difference, paired
+from cai.measuring.intervals import difference, mean_interval, paired
 from cai.measuring.verdict import TEST, read_json as _read_json
-from cai.store import Run
+from cai.store import Run, read_jsonl
 
 
 def side_by_side(run: Run, original: Run, origin: dict, names: list[str]) -> list[str]:
@@ -80,6 +81,33 @@ CHECK_MEASURE = {
 }
 
 
+def own_rule_moved(rule: dict, run: Run, original: Run, n: int) -> str:
+    """How often the instruction-following dev answers keep a principle's own rule, which their
+    requests never asked for (items asking for a rule of its kind left out), this run minus the
+    original, paired item by item."""
+
+    def kept(r: Run) -> dict[str, float]:
+        path = r.stage_dir(n) / "eval" / "instruction_following.jsonl"
+        rows = read_jsonl(path) if path.exists() else []
+        return {
+            row["id"]: float(keeps(rule, row["doc"]["prompt"], row["response"]))
+            for row in rows
+            if rule["instruction_id"] not in row["doc"]["instruction_id_list"]
+        }
+
+    ours, theirs = kept(run), kept(original)
+    shared = sorted(set(ours) & set(theirs))
+    if not shared:
+        return "-"
+    diff = mean_interval([ours[k] - theirs[k] for k in shared])
+    share = sum(ours[k] for k in shared) / len(shared), sum(theirs[k] for k in shared) / len(shared)
+    return (
+        f"keeps {rule['instruction_id']} {share[0]:.2f} against {share[1]:.2f} of {len(shared)} "
+        f"instruction-following answers, {diff['score']:+.3f} [{diff['low']:+.3f}, "
+        f"{diff['high']:+.3f}] (paired)"
+    )
+
+
 def changed_principles(run: Run, original: Run, n: int, made: list[Counter]) -> list[str]:
     """Each principle of stage n the rerun added, dropped or changed: the pairs it made in each run
     and the paired difference of the dev score its check reads (this run minus the original)."""
@@ -102,7 +130,9 @@ def changed_principles(run: Run, original: Run, n: int, made: list[Counter]) -> 
         measure = CHECK_MEASURE.get(check.signal) if check else None
         moved = "-"
         scores = [_read_json(r.stage_dir(n) / "eval.json") for r in (run, original)]
-        if measure and all(measure in s for s in scores):
+        if check and check.rule:
+            moved = own_rule_moved(check.own_rule(), run, original, n)
+        elif measure and all(measure in s for s in scores):
             diff, kind = difference(
                 measure, (run, n), (original, n), (scores[0][measure], scores[1][measure])
             )

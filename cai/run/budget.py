@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cai.config.constitution import Constitution
 from cai.config.curriculum import StageConfig
 from cai.config.machine import GPUPlan, Speed
 from cai.measuring.suites import suite_sizes
@@ -23,6 +24,7 @@ PROMPT_TOKENS = {
     "optimize": 500,
     "propose": 250,
     "respond": 120,
+    "contrast": 200,  # the instruction and an exemplar turn or two
     "critique": 350,
     "revise": 450,
     "judge": 500,
@@ -58,7 +60,7 @@ class Throughput:
         gen_s = gen_tokens = train_s = train_tokens = 0.0
         for stage in manifest.get("stages", {}).values():
             for step, stats in stage.get("steps", {}).items():
-                if step in ("respond", "critique", "revise", "propose") and stats.get(
+                if step in ("respond", "contrast", "critique", "revise", "propose") and stats.get(
                     "completion_tokens"
                 ):
                     gen_s += stats["seconds"]
@@ -76,11 +78,24 @@ class Throughput:
         )
 
 
+def contrast_caps(constitution: Constitution, stages) -> dict[int, list[int]]:
+    """Per stage, each principle's contrast cap (its own `max_tokens`, else the stage's): what the
+    contrast step generates at most. Judge-checked ones count too (an upper bound)."""
+    return {
+        n: [
+            p.contrast.max_tokens or st.generation.contrast.max_tokens
+            for p in constitution.for_stage(n)
+            if p.contrast
+        ]
+        for n, st in stages.items()
+    }
+
+
 def stage_work(
-    st: StageConfig, evaluate_only: bool = False, test: bool = False
+    st: StageConfig, caps: list[int] = (), evaluate_only: bool = False, test: bool = False
 ) -> dict[str, dict[str, float]]:
-    """Per step: generated tokens, prompt tokens and trained tokens, at most; `test`: with the test
-    set's."""
+    """Per step: generated tokens, prompt tokens and trained tokens, at most; `caps`: each of the
+    stage's contrasting principles' cap (contrast_caps); `test`: with the test set's."""
     c, g = st.counts, st.generation
     tasks = c.seeds_used + c.proposed
     critiques = tasks if c.critiques is None else min(tasks, c.critiques)
@@ -92,13 +107,13 @@ def stage_work(
     )
     answered = {s: min(items, sizes.get(s, items)) for s in st.suites.run}
     eval_items = sum(answered.values())
-    caps = {s: st.suites.run_max_tokens.get(s, g.evaluate.max_tokens) for s in answered}
+    eval_caps = {s: st.suites.run_max_tokens.get(s, g.evaluate.max_tokens) for s in answered}
     win_rate = (
         2 * 2 * min(items, sizes.get("helpfulness", 0)) if "helpfulness" in st.suites.run else 0
     )
     work = {
         "evaluate": {
-            "generated": sum(answered[s] * caps[s] for s in answered)
+            "generated": sum(answered[s] * eval_caps[s] for s in answered)
             + win_rate * g.judge.max_tokens,
             "prompt": (eval_items + win_rate) * PROMPT_TOKENS["evaluate"],
         }
@@ -128,19 +143,29 @@ def stage_work(
     }
     for step, (n, max_tokens) in requests.items():
         work[step] = {"generated": n * max_tokens, "prompt": n * PROMPT_TOKENS[step]}
+    # each principle's requests, both sides, answered up to contrast_samples times
+    contrasts = c.contrasts * 2 * c.contrast_samples if "contrast" in st.pair_sources else 0
+    work["contrast"] = {
+        "generated": contrasts * sum(caps),
+        "prompt": contrasts * len(caps) * PROMPT_TOKENS["contrast"],
+    }
     pairs = tasks * (
         ("best_of_n" in st.pair_sources)
         + ("revision" in st.pair_sources or "judge" in st.pair_sources)
-    )
+    ) + c.contrasts * len(caps) * ("contrast" in st.pair_sources)
     side = PROMPT_TOKENS["respond"] + g.respond.max_tokens
     work["train"] = {"trained": pairs * 2 * min(side, st.train.max_length) * st.train.epochs}
     return work
 
 
-def run_work(stages: dict[int, StageConfig], n: int, last: int) -> dict[str, dict[str, float]]:
+def run_work(
+    stages: dict[int, StageConfig], n: int, last: int, caps: dict[int, list[int]]
+) -> dict[str, dict[str, float]]:
     """Stage `n`'s work in a run to stage `last`: stage 0 is the base's evaluation, and the test set
     is answered at stage 0 and by the final policy."""
-    return stage_work(stages[1] if n == 0 else stages[n], evaluate_only=n == 0, test=n in (0, last))
+    if n == 0:
+        return stage_work(stages[1], evaluate_only=True, test=True)
+    return stage_work(stages[n], caps.get(n, []), test=n == last)
 
 
 def stage_hours(
@@ -163,6 +188,7 @@ def expected_minutes(
     manifest: dict,
     first: int,
     last: int,
+    caps: dict[int, list[int]],
 ) -> tuple[float, float]:
     """(minutes to go, minutes in all) for stage 0's evaluation and stages first..last, from the
     steps' work (stage_work) at `speed`; steps the manifest marks done cost nothing to go."""
@@ -173,7 +199,7 @@ def expected_minutes(
             for k, v in manifest.get("stages", {}).get(f"stage{n}", {}).get("steps", {}).items()
             if v.get("status") == "done"
         }
-        work = run_work(stages, n, last)
+        work = run_work(stages, n, last, caps)
         fixed = 0 if n == 0 else fixed_seconds
         total += stage_hours(work, speed, fixed) * 60
         to_go += (
@@ -188,12 +214,16 @@ def expected_minutes(
 
 
 def plan_rows(
-    stages: dict[int, StageConfig], gpu: GPUPlan, speed: Throughput, price: float
+    stages: dict[int, StageConfig],
+    gpu: GPUPlan,
+    speed: Throughput,
+    price: float,
+    caps: dict[int, list[int]],
 ) -> list[dict]:
     """One row a stage (0: the base's evaluation): tokens, GPU-hours and dollars, at most."""
     rows = []
     for n in [0, *stages]:
-        work = run_work(stages, n, max(stages))
+        work = run_work(stages, n, max(stages), caps)
         hours = stage_hours(work, speed, 0 if n == 0 else gpu.seconds_per_stage)
         rows.append(
             {
@@ -258,10 +288,15 @@ def check(
 
 
 def check_stage(
-    manifest: dict, gpu: GPUPlan, st: StageConfig, budget_usd: float | None, price: float
+    manifest: dict,
+    gpu: GPUPlan,
+    st: StageConfig,
+    caps: list[int],
+    budget_usd: float | None,
+    price: float,
 ) -> None:
     """Stop before a stage starts if the GPU-hours spent plus the stage's estimate (at the rates the
     run has measured so far, else the profile's) pass the budget."""
     speed = Throughput.measured(manifest, Throughput.stated(gpu))
-    ahead = stage_hours(stage_work(st), speed, gpu.seconds_per_stage) * price
+    ahead = stage_hours(stage_work(st, caps), speed, gpu.seconds_per_stage) * price
     check(manifest, budget_usd, price, f"stage{st.number}", next_usd=ahead)

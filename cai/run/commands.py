@@ -16,6 +16,7 @@ import difflib
 from pathlib import Path
 
 from cai import ROOT
+from cai.config.constitution import load_constitution
 from cai.config.curriculum import load_curriculum, resolve_stage
 from cai.config.settings import ConfigError
 from cai.prompts.optimize import PROGRAMS
@@ -141,6 +142,7 @@ def plan(argv: list[str]) -> int:
     )
     p.add_argument("--profile", default="gpu", help="a profile with a gpu section (default: gpu)")
     p.add_argument("--curriculum", type=Path, default=ROOT / "curriculum.yaml")
+    p.add_argument("--constitution", type=Path, default=ROOT / "constitution.yaml")
     p.add_argument(
         "--run",
         metavar="NAME",
@@ -172,6 +174,7 @@ def plan(argv: list[str]) -> int:
             "with one (memory, price, throughputs)"
         )
     stages = {n: resolve_stage(curriculum, profile, n) for n in range(1, 7)}
+    caps = budget.contrast_caps(load_constitution(args.constitution)[0], stages)
     speed = budget.Throughput.stated(profile.gpu)
     if args.run:
         speed = budget.Throughput.measured(existing_run(args.run).manifest, speed)
@@ -179,7 +182,7 @@ def plan(argv: list[str]) -> int:
         profile.gpu.price_per_hour if args.gpu_price_per_hour is None else args.gpu_price_per_hour
     )
     print(f"# Plan: profile {args.profile}, model {profile.model}\n")
-    print(budget.render(budget.plan_rows(stages, profile.gpu, speed, price), price, speed))
+    print(budget.render(budget.plan_rows(stages, profile.gpu, speed, price, caps), price, speed))
     try:
         jobs = memory.plan(
             profile, stages, profile.model, profile.guard.model, profile.gpu.memory_gib
@@ -215,6 +218,7 @@ def plan(argv: list[str]) -> int:
         shapes,
         fit,
         args.gpu_price_per_hour,
+        caps,
         measured_on,
     )
     print(

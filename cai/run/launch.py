@@ -324,6 +324,7 @@ def prepare(args: argparse.Namespace) -> Launch | None:
             run.manifest,
             first,
             last,
+            budget.contrast_caps(constitution, stages),
         )
         print(
             f"expected: about {to_go:.0f} min to go, and the server's start ({total:.0f} min for "

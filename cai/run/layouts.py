@@ -107,6 +107,7 @@ def layout_rows(
     layouts,
     fit,
     price: float | None,
+    caps: dict[int, list[int]],
     measured_on: int = 1,
 ) -> list[dict]:
     """The six stages (and stage 0's evaluation) on each layout: wall hours, GPU-hours (every GPU
@@ -117,7 +118,7 @@ def layout_rows(
         f = fit(layout)
         on = scaled(speed, layout, f["tensor_parallel"], f["processes"], f["sharding"], measured_on)
         hours = sum(
-            stage_hours(run_work(stages, n, max(stages)), on, 0 if n == 0 else fixed_seconds)
+            stage_hours(run_work(stages, n, max(stages), caps), on, 0 if n == 0 else fixed_seconds)
             for n in [0, *stages]
         )
         per_hour = layout.kind.price_per_hour if price is None else price
