@@ -342,40 +342,53 @@ def test_a_rerun_or_resume_keeps_the_profile_its_run_was_made_with(tmp_path):
     assert launch.profile_name(None, str(tmp_path / "new")) in ("cpu", "gpu")
 
 
-def test_an_added_words_principle_is_read_as_the_mean_and_the_geometric_mean_of_length(tmp_path):
-    """One answer that loops to its cap swings the mean of words; the ratio of geometric means
-    says that most answers halved."""
-    from cai.run.against import changed_principles
-
-    con = yaml.safe_load((ROOT / "constitutions" / "short-answers.yaml").read_text())
-    words = {"orig": [40] * 9 + [100], "rerun": [20] * 9 + [900]}
+def original_and_rerun(tmp_path, constitution: str, added: str, rows: dict, scores: dict) -> dict:
+    """Two runs at stage 1, the original without principle `added` and the rerun with it, their
+    instruction-following dev answers `rows[name]` and eval.json `scores[name]`."""
+    con = yaml.safe_load((ROOT / "constitutions" / constitution).read_text())
     runs = {}
-    for name, lengths in words.items():
+    for name in ("orig", "rerun"):
         run = Run(tmp_path / name)
-        principles = [
-            p for p in con["principles"] if name == "rerun" or p["id"] != "answer-briefly"
-        ]
+        principles = [p for p in con["principles"] if name == "rerun" or p["id"] != added]
         run.manifest = {"snapshot": {"constitution": {"principles": principles}}}
         folder = run.stage_dir(1)
         (folder / "eval").mkdir(parents=True)
         (folder / "eval" / "instruction_following.jsonl").write_text(
-            "".join(
-                json.dumps({"id": f"i{k}", "quality": {"words": w}}) + "\n"
-                for k, w in enumerate(lengths)
-            )
+            "".join(json.dumps({"id": f"i{k}", **r}) + "\n" for k, r in enumerate(rows[name]))
         )
-        mean = sum(lengths) / len(lengths)
-        write_json_atomic(
-            folder / "eval.json",
-            {"length_words": {"score": mean, "low": mean, "high": mean, "n": len(lengths)}},
-        )
+        write_json_atomic(folder / "eval.json", scores[name])
         runs[name] = run
-    made = [Counter({"answer-briefly": 8}), Counter()]
+    return runs
+
+
+def added_row(runs: dict, added: str, pairs: int) -> str:
+    from cai.run.against import changed_principles
+
+    made = [Counter({added: pairs}), Counter()]
     (row,) = [
         line
         for line in changed_principles(runs["rerun"], runs["orig"], 1, made)
-        if line.startswith("| added: answer-briefly")
+        if line.startswith(f"| added: {added}")
     ]
+    return row
+
+
+def test_an_added_words_principle_is_read_as_the_mean_and_the_geometric_mean_of_length(tmp_path):
+    """One answer that loops to its cap swings the mean of words; the ratio of geometric means
+    says that most answers halved."""
+    words = {"orig": [40] * 9 + [100], "rerun": [20] * 9 + [900]}
+    means = {name: sum(w) / len(w) for name, w in words.items()}
+    runs = original_and_rerun(
+        tmp_path,
+        "short-answers.yaml",
+        "answer-briefly",
+        {name: [{"quality": {"words": w}} for w in lengths] for name, lengths in words.items()},
+        {
+            name: {"length_words": {"score": m, "low": m, "high": m, "n": 10}}
+            for name, m in means.items()
+        },
+    )
+    row = added_row(runs, "answer-briefly", 8)
     assert "| 8 | 0 | length_words +62.000 [" in row  # the mean rose
     assert "; length x0.6" in row and "(geometric mean, paired)" in row  # most answers halved
 
@@ -383,47 +396,30 @@ def test_an_added_words_principle_is_read_as_the_mean_and_the_geometric_mean_of_
 def test_an_added_rule_of_its_own_is_read_as_how_often_the_answers_keep_it_unasked(tmp_path):
     """The dev answers never asked for the principle's rule: the share that keeps it is its measure,
     paired, over the items that do not ask for a rule of its kind."""
-    from cai.run.against import changed_principles
-
-    con = yaml.safe_load((ROOT / "constitutions" / "sign-off.yaml").read_text())
     endings = {
         "orig": ["Scrub it."] * 10,
         "rerun": ["Scrub it. I hope this helps."] * 6 + ["Scrub it."] * 4,
     }
-    runs = {}
-    for name, answers in endings.items():
-        run = Run(tmp_path / name)
-        principles = [
-            p for p in con["principles"] if name == "rerun" or p["id"] != "close-with-a-sign-off"
-        ]
-        run.manifest = {"snapshot": {"constitution": {"principles": principles}}}
-        folder = run.stage_dir(1)
-        (folder / "eval").mkdir(parents=True)
-        rows = [
+    rows = {
+        name: [
             {
-                "id": f"i{k}",
                 "doc": {
                     "prompt": "Clean a sink.",
                     # the last item asks for an ending of its own: not the principle's measure
-                    "instruction_id_list": ["startend:end_checker"]
-                    if k == 9
-                    else ["punctuation:no_comma"],
+                    "instruction_id_list": [
+                        "startend:end_checker" if k == 9 else "punctuation:no_comma"
+                    ],
                 },
                 "response": text,
             }
             for k, text in enumerate(answers)
         ]
-        (folder / "eval" / "instruction_following.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in rows)
-        )
-        write_json_atomic(folder / "eval.json", {})
-        runs[name] = run
-    made = [Counter({"close-with-a-sign-off": 9}), Counter()]
-    (row,) = [
-        line
-        for line in changed_principles(runs["rerun"], runs["orig"], 1, made)
-        if line.startswith("| added: close-with-a-sign-off")
-    ]
+        for name, answers in endings.items()
+    }
+    runs = original_and_rerun(
+        tmp_path, "sign-off.yaml", "close-with-a-sign-off", rows, {"orig": {}, "rerun": {}}
+    )
+    row = added_row(runs, "close-with-a-sign-off", 9)
     assert "| rule startend:end_checker" in row and "| 9 | 0 |" in row
     assert "keeps startend:end_checker 0.67 against 0.00 of 9 instruction-following answers" in row
     assert "+0.667 [" in row and "(paired)" in row
