@@ -18,7 +18,7 @@ on the dev slices only: the test set is not read.
 
 Prints one `refusal_reach` line a model, base first; writes results.json beside the adapter. Run it
 alone: beside another job, torch's threads spin against that job's (a smoke test here took 12 min
-on two shared cores, and under 2 with OMP_NUM_THREADS=1); alone, the whole pool trains in minutes.
+on two shared cores, and under 2 with OMP_NUM_THREADS=1); alone, the whole pool (196 pairs, 2 epochs) trained in 8 min.
 """
 
 from __future__ import annotations
