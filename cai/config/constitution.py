@@ -116,10 +116,8 @@ class Check(Strict):
             raise ValueError(f"at_most applies to the words signal only, not {self.signal!r}")
         if (self.rule is not None or self.kwargs) and self.signal != "rule":
             raise ValueError(f"rule and kwargs apply to the rule signal only, not {self.signal!r}")
-        if self.rule is not None:
-            from cai.data.constraints import (
-                known_rule,
-            )  # lm-eval's checkers: only where one is named
+        if self.rule is not None:  # lm-eval's checkers, imported only where a rule is named
+            from cai.data.constraints import known_rule
 
             known_rule(self.rule, self.kwargs)
         return self

@@ -328,8 +328,9 @@ def prepare(args: argparse.Namespace) -> Launch | None:
         )
         print(
             f"expected: about {to_go:.0f} min to go, and the server's start ({total:.0f} min for "
-            f"stage 0's evaluation, stages {first}..{last} and the test set at both ends, at the "
-            f"rates profiles.{name} states)",
+            f"stage 0's evaluation, stages {first}..{last}"
+            + (" and the test set at both ends" if stages[last].suites.test else "")
+            + f", at the rates profiles.{name} states)",
             flush=True,
         )
     settings = Settings(
