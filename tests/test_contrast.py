@@ -1,5 +1,7 @@
 """The constitution writes the pairs: each principle's contrast, confirmed by its own check."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 from dspy.utils.dummies import DummyLM
@@ -8,6 +10,7 @@ from cai import ROOT
 from cai.config.constitution import Constitution, Principle, load_constitution
 from cai.config.settings import ConfigError, PairFilters
 from cai.data import contrast, requests
+from cai.data.constraints import check_own_rules
 from cai.data.pairs import build_pairs
 
 
@@ -489,10 +492,17 @@ def test_a_check_whose_better_side_is_shorter_by_nature_is_spared_the_length_fil
 
 def test_a_principle_with_a_rule_of_its_own_checks_it_on_tasks_that_do_not_carry_one_of_its_kind():
     sign_off = {"end_phrase": "I hope this helps."}
-    with pytest.raises(ValueError, match="'startend:ending' is not an IFEval instruction id"):
-        principle("rule", rule="startend:ending", kwargs=sign_off)
-    with pytest.raises(ValueError, match=r"needs kwargs \['end_phrase'\]"):
-        principle("rule", rule="startend:end_checker")  # lm-eval would draw a phrase at random
+    for bad, error in (
+        ({"rule": "startend:ending", "kwargs": sign_off}, "'startend:ending' is not an IFEval"),
+        # lm-eval would draw the phrase at random: a check that changes between calls
+        ({"rule": "startend:end_checker"}, r"'startend:end_checker' needs kwargs \['end_phrase'\]"),
+        (
+            {"rule": "startend:end_checker", "kwargs": {"phrase": "Hi"}},
+            "'startend:end_checker': kwargs",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=r"c.yaml: principle 'p-rule': check: rule " + error):
+            check_own_rules([principle("rule", **bad)], Path("c.yaml"))
     with pytest.raises(ValueError, match="apply to the rule signal only"):
         principle("words", rule="startend:end_checker", kwargs=sign_off)
     own = principle("rule", "benign", rule="startend:end_checker", kwargs=sign_off)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 from cai import ROOT
+from cai.config.settings import ConfigError
 
 # lm-eval's IFEval module looks for punkt_tab at import and would download it:
 # point NLTK at the copy shipped in the repo first.
@@ -188,6 +190,17 @@ def known_rule(instruction_id: str, kwargs: dict) -> None:
     missing = [k for k in instruction.get_instruction_args_keys() if kwargs.get(k) is None]
     if missing:  # lm-eval draws a missing argument at random: a check that changes between calls
         raise ValueError(f"rule {instruction_id!r} needs kwargs {missing}")
+
+
+def check_own_rules(principles, where: Path) -> None:
+    """Every principle's own rule is one of IFEval's checkers, with its arguments (known_rule): one
+    error naming the file and the principle otherwise. At load, before a run or a dry run starts."""
+    for p in principles:
+        if p.check is not None and p.check.rule is not None:
+            try:
+                known_rule(p.check.rule, p.check.kwargs)
+            except ValueError as e:
+                raise ConfigError(f"{where}: principle {p.id!r}: check: {e}") from None
 
 
 def keeps(constraint: dict | None, prompt: str, response: str) -> bool | None:

@@ -25,6 +25,7 @@ from cai.config.constitution import Constitution, load_constitution
 from cai.config.curriculum import Curriculum, resolve_stage
 from cai.config.settings import ConfigError
 from cai.data import contrast as contrasts, contrast_yield, quality
+from cai.data.constraints import check_own_rules
 from cai.run.commands import existing_run
 from cai.serving.lm import Endpoint
 from cai.serving.model import resolve_model
@@ -48,6 +49,7 @@ def principles(argv: list[str]) -> int:
     run = existing_run(args.run)
     if args.constitution:
         constitution, con_sha = load_constitution(args.constitution)
+        check_own_rules(constitution.principles, args.constitution)
     else:
         constitution = Constitution.model_validate(run.manifest["snapshot"]["constitution"])
         con_sha = run.manifest["config"]["constitution_sha256"]

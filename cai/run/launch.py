@@ -28,6 +28,7 @@ from cai.config.curriculum import (
 from cai.config.machine import GuardSettings
 from cai.config.settings import ConfigError
 from cai.data import outside, quality
+from cai.data.constraints import check_own_rules
 from cai.run import budget, commands
 from cai.run.rerun import rerun_stage
 from cai.serving.model import ModelError, resolve_model
@@ -198,6 +199,7 @@ def prepare(args: argparse.Namespace) -> Launch | None:
     constitution, constitution_sha = load_constitution(args.constitution)
     curriculum, curriculum_sha = load_curriculum(args.curriculum)
     check_together(constitution, curriculum, args.constitution)
+    check_own_rules(constitution.principles, args.constitution)
     name = profile_name(args.profile, args.run)
     if name not in curriculum.profiles:
         raise ConfigError(
